@@ -1,0 +1,75 @@
+"""Typed dependencies: the database session, the calling tenant, the admin check. Tenant scoping happens here."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Annotated
+
+from fastapi import Depends, Header, Request
+from sqlalchemy.orm import Session
+
+from orchestrator.db.models import Tenant
+from orchestrator.db.session import get_sessionmaker
+from orchestrator.errors import MediaAnalysisError
+from orchestrator.security import constant_time_equals
+from orchestrator.settings import Settings, get_settings
+from orchestrator.storage import LocalStorage
+from orchestrator.tenants import tenant_for_api_key
+
+
+class AuthError(MediaAnalysisError):
+    """Missing or invalid credentials."""
+
+    code = "unauthorized"
+
+
+class ForbiddenError(MediaAnalysisError):
+    """Valid credentials without the right to do this."""
+
+    code = "forbidden"
+
+
+def get_session() -> Iterator[Session]:
+    """A session per request; routes commit explicitly, anything uncommitted is rolled back."""
+    session = get_sessionmaker()()
+    try:
+        yield session
+    finally:
+        session.rollback()
+        session.close()
+
+
+def get_storage(request: Request) -> LocalStorage:
+    """The media store of this app."""
+    storage: LocalStorage = request.app.state.storage
+    return storage
+
+
+def _bearer(authorization: str | None) -> str:
+    if not authorization or not authorization.lower().startswith("bearer "):
+        raise AuthError("send your API key as 'Authorization: Bearer <key>'")
+    return authorization[7:].strip()
+
+
+SessionDep = Annotated[Session, Depends(get_session)]
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+StorageDep = Annotated[LocalStorage, Depends(get_storage)]
+
+
+def get_tenant(session: SessionDep, authorization: Annotated[str | None, Header()] = None) -> Tenant:
+    """The tenant that owns the presented API key."""
+    tenant = tenant_for_api_key(session, plaintext=_bearer(authorization))
+    if tenant is None:
+        raise AuthError("the API key is unknown or revoked")
+    return tenant
+
+
+def require_admin(settings: SettingsDep, authorization: Annotated[str | None, Header()] = None) -> None:
+    """Admin routes need the deployment's admin token."""
+    token = _bearer(authorization)
+    if not settings.admin_token or not constant_time_equals(token, settings.admin_token):
+        raise ForbiddenError("admin token required")
+
+
+TenantDep = Annotated[Tenant, Depends(get_tenant)]
+AdminDep = Annotated[None, Depends(require_admin)]

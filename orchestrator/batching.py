@@ -1,0 +1,257 @@
+"""Batches: planning a job's prepared assets into batches, claiming them under a lease, and writing results.
+
+Delivery of the analyze message is at-least-once. Exactly-once *effects* come from here: a batch is claimed with a
+conditional UPDATE (a duplicate delivery finds nothing to claim), every write of a worker is fenced by the attempt
+number it claimed with (a worker whose lease expired and was taken over writes nothing), and results are upserts.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import TypeVar
+
+from sqlalchemy import and_, delete, func, or_, select, update
+from sqlalchemy.orm import Session
+
+from gpu_worker.contract import BatchResult, ItemResult
+from orchestrator.clock import utcnow
+from orchestrator.db.models import Asset, Batch, Embedding, Job, Result, ResultTag
+from orchestrator.enums import AssetStatus, BatchStatus, JobStatus
+
+T = TypeVar("T")
+
+
+def chunk(items: Sequence[T], size: int) -> list[list[T]]:
+    """Split ``items`` into consecutive lists of at most ``size``."""
+    if size < 1:
+        raise ValueError("batch size must be at least 1")
+    return [list(items[i : i + size]) for i in range(0, len(items), size)]
+
+
+@dataclass(frozen=True)
+class Claim:
+    """Proof that this worker holds a batch: the fencing token for every later write."""
+
+    batch_id: uuid.UUID
+    worker_id: str
+    attempt: int
+
+
+def plan_batches(session: Session, *, job_id: uuid.UUID, batch_size: int, max_attempts: int) -> list[uuid.UUID] | None:
+    """Group the job's prepared, unbatched assets into new pending batches.
+
+    Returns the new batch ids, or None while some assets are still being prepared (plan again later). Idempotent:
+    an asset is put in a batch once.
+    """
+    job = session.scalar(select(Job).where(Job.id == job_id).with_for_update())
+    if job is None or job.status not in (JobStatus.QUEUED, JobStatus.RUNNING):
+        return []
+    waiting = session.scalar(
+        select(func.count()).select_from(Asset).where(Asset.job_id == job_id, Asset.status == AssetStatus.UPLOADED)
+    )
+    if waiting:
+        return None
+    ready = list(
+        session.scalars(
+            select(Asset.id)
+            .where(Asset.job_id == job_id, Asset.status == AssetStatus.PREPARED, Asset.batch_id.is_(None))
+            .order_by(Asset.media_kind, Asset.created_at, Asset.id)
+        )
+    )
+    batch_ids: list[uuid.UUID] = []
+    for group in chunk(ready, batch_size):
+        batch = Batch(tenant_id=job.tenant_id, job_id=job.id, analyzers=list(job.analyzers), max_attempts=max_attempts)
+        session.add(batch)
+        session.flush()
+        session.execute(
+            update(Asset).where(Asset.id.in_(group)).values(batch_id=batch.id, status=AssetStatus.ANALYZING)
+        )
+        batch_ids.append(batch.id)
+    job.status = JobStatus.RUNNING
+    return batch_ids
+
+
+def claim_batch(session: Session, *, batch_id: uuid.UUID, worker_id: str, lease_s: float) -> Claim | None:
+    """Take a pending batch, or a running one whose lease has expired. None when there is nothing to claim."""
+    now = utcnow()
+    claimable = or_(
+        Batch.status == BatchStatus.PENDING,
+        and_(Batch.status == BatchStatus.RUNNING, Batch.lease_expires_at < now),
+    )
+    result = session.execute(
+        update(Batch)
+        .where(Batch.id == batch_id, claimable, Batch.attempts < Batch.max_attempts)
+        .values(
+            status=BatchStatus.RUNNING,
+            claimed_by=worker_id,
+            attempts=Batch.attempts + 1,
+            lease_expires_at=now + timedelta(seconds=lease_s),
+            started_at=now,
+        )
+        .execution_options(synchronize_session=False)
+    )
+    if result.rowcount != 1:  # type: ignore[attr-defined]
+        return None
+    attempt = session.scalar(select(Batch.attempts).where(Batch.id == batch_id))
+    return Claim(batch_id=batch_id, worker_id=worker_id, attempt=int(attempt or 0))
+
+
+def _held(claim: Claim) -> list[object]:
+    return [
+        Batch.id == claim.batch_id,
+        Batch.status == BatchStatus.RUNNING,
+        Batch.claimed_by == claim.worker_id,
+        Batch.attempts == claim.attempt,
+    ]
+
+
+def renew_lease(session: Session, *, claim: Claim, lease_s: float) -> bool:
+    """Extend the lease of a batch this worker still holds. False means the claim was lost."""
+    result = session.execute(
+        update(Batch).where(*_held(claim)).values(lease_expires_at=utcnow() + timedelta(seconds=lease_s))
+    )
+    return bool(result.rowcount == 1)  # type: ignore[attr-defined]
+
+
+def release_batch(session: Session, *, claim: Claim, error: str) -> BatchStatus | None:
+    """Give a held batch back after a backend failure: PENDING for another try, FAILED once attempts run out."""
+    batch = session.scalar(select(Batch).where(*_held(claim)).with_for_update())
+    if batch is None:
+        return None
+    batch.last_error = error[:2000]
+    batch.claimed_by = None
+    batch.lease_expires_at = None
+    if batch.attempts >= batch.max_attempts:
+        batch.status = BatchStatus.FAILED
+        batch.finished_at = utcnow()
+        session.execute(
+            update(Asset)
+            .where(Asset.batch_id == batch.id, Asset.status == AssetStatus.ANALYZING)
+            .values(status=AssetStatus.FAILED, error_code="analysis_failed",
+                    error_message=f"analysis failed after {batch.attempts} attempts: {error[:500]}")
+        )
+    else:
+        batch.status = BatchStatus.PENDING
+    return BatchStatus(batch.status)
+
+
+def complete_batch(session: Session, *, claim: Claim, result: BatchResult, backend: str) -> bool:
+    """Write a batch's results and mark it done, in the caller's transaction, only if the claim still holds.
+
+    Results and their tags and embeddings are replaced per (asset, analyzer), so writing the same batch twice
+    leaves the same rows. Returns False (and writes nothing) when the claim was lost.
+    """
+    batch = session.scalar(select(Batch).where(*_held(claim)).with_for_update())
+    if batch is None:
+        return False
+    assets = {a.id: a for a in session.scalars(select(Asset).where(Asset.batch_id == batch.id))}
+    by_asset: dict[uuid.UUID, ItemResult] = {}
+    for item in result.items:
+        try:
+            asset_id = uuid.UUID(item.asset_id)
+        except ValueError:
+            continue  # an answer about an asset that is not in this batch is ignored, never trusted
+        if asset_id in assets:
+            by_asset[asset_id] = item
+    for asset_id, asset in assets.items():
+        if asset.status != AssetStatus.ANALYZING:
+            continue
+        item = by_asset.get(asset_id)
+        if item is None:
+            asset.status = AssetStatus.FAILED
+            asset.error_code, asset.error_message = "missing_result", "the backend returned no result for this file"
+            continue
+        _write_item(session, asset=asset, item=item, attempt=claim.attempt)
+    batch.status = BatchStatus.DONE
+    batch.backend = backend
+    batch.finished_at = utcnow()
+    batch.lease_expires_at = None
+    return True
+
+
+def _write_item(session: Session, *, asset: Asset, item: ItemResult, attempt: int) -> None:
+    for analyzer, output in item.outputs.items():
+        existing = session.scalar(select(Result).where(Result.asset_id == asset.id, Result.analyzer == analyzer))
+        if existing is None:
+            session.add(Result(tenant_id=asset.tenant_id, asset_id=asset.id, analyzer=analyzer,
+                               model_id=output.model_id, payload=output.payload, batch_attempt=attempt))
+        else:
+            existing.model_id, existing.payload, existing.batch_attempt = output.model_id, output.payload, attempt
+        session.execute(delete(ResultTag).where(ResultTag.asset_id == asset.id, ResultTag.analyzer == analyzer))
+        session.add_all(
+            ResultTag(tenant_id=asset.tenant_id, asset_id=asset.id, analyzer=analyzer, tag=t.tag[:200], score=t.score)
+            for t in {t.tag: t for t in output.tags}.values()
+        )
+        session.execute(delete(Embedding).where(Embedding.asset_id == asset.id, Embedding.analyzer == analyzer))
+        if output.embedding:
+            session.add(Embedding(tenant_id=asset.tenant_id, asset_id=asset.id, analyzer=analyzer,
+                                  model_id=output.model_id, dim=len(output.embedding),
+                                  vector=_float32_bytes(output.embedding)))
+    if item.errors and not item.outputs:
+        first = next(iter(item.errors.values()))
+        asset.status = AssetStatus.FAILED
+        asset.error_code, asset.error_message = first.code[:64], first.message[:2000]
+    else:
+        asset.status = AssetStatus.DONE
+        if item.errors:
+            asset.error_message = "; ".join(f"{name}: {err.message}" for name, err in item.errors.items())[:2000]
+
+
+def _float32_bytes(values: list[float]) -> bytes:
+    import array
+
+    packed = array.array("f", values)
+    return packed.tobytes()
+
+
+def batches_to_requeue(session: Session, *, now: datetime, pending_grace_s: float) -> list[uuid.UUID]:
+    """Batches that need a new analyze message: running ones whose lease expired, and pending ones that have
+    waited longer than ``pending_grace_s`` (their message may have been lost between commit and enqueue)."""
+    stale_pending = and_(
+        Batch.status == BatchStatus.PENDING,
+        or_(Batch.started_at.is_(None), Batch.started_at < now - timedelta(seconds=pending_grace_s)),
+        Batch.created_at < now - timedelta(seconds=pending_grace_s),
+    )
+    expired = and_(Batch.status == BatchStatus.RUNNING, Batch.lease_expires_at < now)
+    return list(session.scalars(select(Batch.id).where(or_(stale_pending, expired), Batch.attempts < Batch.max_attempts)))
+
+
+def fail_exhausted_batches(session: Session, *, now: datetime) -> list[uuid.UUID]:
+    """Running batches whose lease expired on their last allowed attempt: fail them and their assets."""
+    exhausted = list(session.scalars(
+        select(Batch).where(Batch.status == BatchStatus.RUNNING, Batch.lease_expires_at < now,
+                            Batch.attempts >= Batch.max_attempts).with_for_update()
+    ))
+    for batch in exhausted:
+        batch.status, batch.finished_at, batch.lease_expires_at = BatchStatus.FAILED, now, None
+        batch.last_error = "the lease expired on the last allowed attempt (worker lost)"
+        session.execute(
+            update(Asset).where(Asset.batch_id == batch.id, Asset.status == AssetStatus.ANALYZING)
+            .values(status=AssetStatus.FAILED, error_code="analysis_failed",
+                    error_message=f"analysis did not finish after {batch.attempts} attempts")
+        )
+    return [b.id for b in exhausted]
+
+
+def finalize_job(session: Session, *, job_id: uuid.UUID) -> bool:
+    """Mark a running job done once every asset is done or failed. Idempotent; True when the job is done."""
+    job = session.scalar(select(Job).where(Job.id == job_id).with_for_update())
+    if job is None:
+        return False
+    if job.status == JobStatus.DONE:
+        return True
+    if job.status not in (JobStatus.QUEUED, JobStatus.RUNNING):
+        return False
+    unfinished = session.scalar(
+        select(func.count()).select_from(Asset).where(
+            Asset.job_id == job_id, Asset.status.not_in([AssetStatus.DONE, AssetStatus.FAILED])
+        )
+    )
+    if unfinished:
+        return False
+    job.status = JobStatus.DONE
+    job.finished_at = utcnow()
+    return True

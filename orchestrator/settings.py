@@ -1,0 +1,96 @@
+"""One settings object per process: defaults in code, overridden by ``config/orchestrator.toml`` then ``ORCH_`` env vars."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+PLACEHOLDER_SECRET = "change-me"  # noqa: S105 - the marker that refuses to start outside development
+CONFIG_FILE = Path("config/orchestrator.toml")
+
+
+def default_data_dir() -> Path:
+    """Where the embedded default keeps its database, queue and media: ``./data`` under the current directory."""
+    return Path.cwd() / "data"
+
+
+class Settings(BaseSettings):
+    """Orchestrator settings. Nested values use ``__`` in env names, e.g. ``ORCH_DATABASE_URL``."""
+
+    model_config = SettingsConfigDict(env_prefix="ORCH_", env_nested_delimiter="__", toml_file=CONFIG_FILE, extra="ignore")
+
+    environment: Literal["development", "test", "production"] = "development"
+    data_dir: Path = Field(default_factory=default_data_dir)
+    database_url: str = ""
+    broker_url: str = ""
+    result_backend: str = ""
+    secret_key: str = PLACEHOLDER_SECRET
+    admin_token: str = ""
+
+    api_host: str = "127.0.0.1"
+    api_port: int = 8000
+    public_url: str = ""
+
+    max_upload_bytes: int = 2 * 1024**3
+    max_image_pixels: int = 100_000_000
+    batch_size: int = 16
+    default_analyzers: list[str] = Field(default_factory=lambda: ["clip"])
+
+    # A batch lease must outlive the slowest heartbeat gap; the worker renews it every third of its length.
+    batch_lease_s: float = 60.0
+    batch_max_attempts: int = 5
+    task_soft_time_limit_s: int = 1500
+    task_hard_time_limit_s: int = 1800
+    # Redis re-delivers an unacked message after this long; it must exceed the hard time limit or a task that is
+    # still running would be delivered twice.
+    visibility_timeout_s: int = 3600
+    reaper_interval_s: float = 15.0
+
+    @model_validator(mode="after")
+    def _fill_embedded_defaults(self) -> Settings:
+        if not self.database_url:
+            self.database_url = f"sqlite:///{(self.data_dir / 'orchestrator.sqlite').as_posix()}"
+        if not self.broker_url:
+            self.broker_url = f"sqla+sqlite:///{(self.data_dir / 'queue.sqlite').as_posix()}"
+        if self.environment == "production" and PLACEHOLDER_SECRET in (self.secret_key, self.admin_token):
+            raise ValueError("ORCH_SECRET_KEY and ORCH_ADMIN_TOKEN must be set to real secrets in production")
+        if self.visibility_timeout_s <= self.task_hard_time_limit_s:
+            raise ValueError("visibility_timeout_s must be larger than task_hard_time_limit_s")
+        return self
+
+    @property
+    def media_dir(self) -> Path:
+        """Root of the local media store."""
+        return self.data_dir / "media"
+
+    @property
+    def is_embedded(self) -> bool:
+        """True when running on SQLite with the embedded queue (``orchestrator up``)."""
+        return self.database_url.startswith("sqlite") or self.broker_url.startswith("sqla+")
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """Precedence: constructor arguments, env vars, then the TOML file, then defaults."""
+        return (init_settings, env_settings, TomlConfigSettingsSource(settings_cls), file_secret_settings)
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings, read once."""
+    return Settings()

@@ -1,0 +1,1 @@
+"""Celery tasks. Delivery is at-least-once; every task is idempotent (see :mod:`orchestrator.batching`)."""
