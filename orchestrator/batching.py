@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TypeVar
 
-from sqlalchemy import and_, delete, func, or_, select, update
+from sqlalchemy import ColumnElement, and_, delete, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from gpu_worker.contract import BatchResult, ItemResult
@@ -99,7 +99,7 @@ def claim_batch(session: Session, *, batch_id: uuid.UUID, worker_id: str, lease_
     return Claim(batch_id=batch_id, worker_id=worker_id, attempt=int(attempt or 0))
 
 
-def _held(claim: Claim) -> list[object]:
+def _held(claim: Claim) -> list[ColumnElement[bool]]:
     return [
         Batch.id == claim.batch_id,
         Batch.status == BatchStatus.RUNNING,
@@ -130,8 +130,11 @@ def release_batch(session: Session, *, claim: Claim, error: str) -> BatchStatus 
         session.execute(
             update(Asset)
             .where(Asset.batch_id == batch.id, Asset.status == AssetStatus.ANALYZING)
-            .values(status=AssetStatus.FAILED, error_code="analysis_failed",
-                    error_message=f"analysis failed after {batch.attempts} attempts: {error[:500]}")
+            .values(
+                status=AssetStatus.FAILED,
+                error_code="analysis_failed",
+                error_message=f"analysis failed after {batch.attempts} attempts: {error[:500]}",
+            )
         )
     else:
         batch.status = BatchStatus.PENDING
@@ -159,12 +162,12 @@ def complete_batch(session: Session, *, claim: Claim, result: BatchResult, backe
     for asset_id, asset in assets.items():
         if asset.status != AssetStatus.ANALYZING:
             continue
-        item = by_asset.get(asset_id)
-        if item is None:
+        found = by_asset.get(asset_id)
+        if found is None:
             asset.status = AssetStatus.FAILED
             asset.error_code, asset.error_message = "missing_result", "the backend returned no result for this file"
             continue
-        _write_item(session, asset=asset, item=item, attempt=claim.attempt)
+        _write_item(session, asset=asset, item=found, attempt=claim.attempt)
     batch.status = BatchStatus.DONE
     batch.backend = backend
     batch.finished_at = utcnow()
@@ -176,8 +179,16 @@ def _write_item(session: Session, *, asset: Asset, item: ItemResult, attempt: in
     for analyzer, output in item.outputs.items():
         existing = session.scalar(select(Result).where(Result.asset_id == asset.id, Result.analyzer == analyzer))
         if existing is None:
-            session.add(Result(tenant_id=asset.tenant_id, asset_id=asset.id, analyzer=analyzer,
-                               model_id=output.model_id, payload=output.payload, batch_attempt=attempt))
+            session.add(
+                Result(
+                    tenant_id=asset.tenant_id,
+                    asset_id=asset.id,
+                    analyzer=analyzer,
+                    model_id=output.model_id,
+                    payload=output.payload,
+                    batch_attempt=attempt,
+                )
+            )
         else:
             existing.model_id, existing.payload, existing.batch_attempt = output.model_id, output.payload, attempt
         session.execute(delete(ResultTag).where(ResultTag.asset_id == asset.id, ResultTag.analyzer == analyzer))
@@ -187,9 +198,16 @@ def _write_item(session: Session, *, asset: Asset, item: ItemResult, attempt: in
         )
         session.execute(delete(Embedding).where(Embedding.asset_id == asset.id, Embedding.analyzer == analyzer))
         if output.embedding:
-            session.add(Embedding(tenant_id=asset.tenant_id, asset_id=asset.id, analyzer=analyzer,
-                                  model_id=output.model_id, dim=len(output.embedding),
-                                  vector=_float32_bytes(output.embedding)))
+            session.add(
+                Embedding(
+                    tenant_id=asset.tenant_id,
+                    asset_id=asset.id,
+                    analyzer=analyzer,
+                    model_id=output.model_id,
+                    dim=len(output.embedding),
+                    vector=_float32_bytes(output.embedding),
+                )
+            )
     if item.errors and not item.outputs:
         first = next(iter(item.errors.values()))
         asset.status = AssetStatus.FAILED
@@ -216,22 +234,33 @@ def batches_to_requeue(session: Session, *, now: datetime, pending_grace_s: floa
         Batch.created_at < now - timedelta(seconds=pending_grace_s),
     )
     expired = and_(Batch.status == BatchStatus.RUNNING, Batch.lease_expires_at < now)
-    return list(session.scalars(select(Batch.id).where(or_(stale_pending, expired), Batch.attempts < Batch.max_attempts)))
+    return list(
+        session.scalars(select(Batch.id).where(or_(stale_pending, expired), Batch.attempts < Batch.max_attempts))
+    )
 
 
 def fail_exhausted_batches(session: Session, *, now: datetime) -> list[uuid.UUID]:
     """Running batches whose lease expired on their last allowed attempt: fail them and their assets."""
-    exhausted = list(session.scalars(
-        select(Batch).where(Batch.status == BatchStatus.RUNNING, Batch.lease_expires_at < now,
-                            Batch.attempts >= Batch.max_attempts).with_for_update()
-    ))
+    exhausted = list(
+        session.scalars(
+            select(Batch)
+            .where(
+                Batch.status == BatchStatus.RUNNING, Batch.lease_expires_at < now, Batch.attempts >= Batch.max_attempts
+            )
+            .with_for_update()
+        )
+    )
     for batch in exhausted:
         batch.status, batch.finished_at, batch.lease_expires_at = BatchStatus.FAILED, now, None
         batch.last_error = "the lease expired on the last allowed attempt (worker lost)"
         session.execute(
-            update(Asset).where(Asset.batch_id == batch.id, Asset.status == AssetStatus.ANALYZING)
-            .values(status=AssetStatus.FAILED, error_code="analysis_failed",
-                    error_message=f"analysis did not finish after {batch.attempts} attempts")
+            update(Asset)
+            .where(Asset.batch_id == batch.id, Asset.status == AssetStatus.ANALYZING)
+            .values(
+                status=AssetStatus.FAILED,
+                error_code="analysis_failed",
+                error_message=f"analysis did not finish after {batch.attempts} attempts",
+            )
         )
     return [b.id for b in exhausted]
 
@@ -246,9 +275,9 @@ def finalize_job(session: Session, *, job_id: uuid.UUID) -> bool:
     if job.status not in (JobStatus.QUEUED, JobStatus.RUNNING):
         return False
     unfinished = session.scalar(
-        select(func.count()).select_from(Asset).where(
-            Asset.job_id == job_id, Asset.status.not_in([AssetStatus.DONE, AssetStatus.FAILED])
-        )
+        select(func.count())
+        .select_from(Asset)
+        .where(Asset.job_id == job_id, Asset.status.not_in([AssetStatus.DONE, AssetStatus.FAILED]))
     )
     if unfinished:
         return False

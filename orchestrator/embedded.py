@@ -16,7 +16,7 @@ from rich.console import Console
 from orchestrator.security import generate_token
 
 FIRST_KEY_FILE = "first-api-key.txt"
-ADMIN_TOKEN_FILE = "admin-token.txt"
+ADMIN_TOKEN_FILE = "admin-token.txt"  # noqa: S105 - a file name, not a secret
 DEFAULT_TENANT = "default"
 
 console = Console()
@@ -69,13 +69,23 @@ def start_background_processes(data_dir: Path, *, concurrency: int = 2) -> list[
     logs.mkdir(exist_ok=True)
     env = {**os.environ, "ORCH_DATA_DIR": str(data_dir)}
     worker = subprocess.Popen(
-        _celery("worker", "--loglevel=INFO", "--pool=threads", f"--concurrency={concurrency}",
-                "--queues=ingest,analyze,maintenance", "--hostname=embedded@%h"),
-        env=env, stdout=(logs / "worker.log").open("ab"), stderr=subprocess.STDOUT,
+        _celery(
+            "worker",
+            "--loglevel=INFO",
+            "--pool=threads",
+            f"--concurrency={concurrency}",
+            "--queues=ingest,analyze,maintenance",
+            "--hostname=embedded@%h",
+        ),
+        env=env,
+        stdout=(logs / "worker.log").open("ab"),
+        stderr=subprocess.STDOUT,
     )
     beat = subprocess.Popen(
         _celery("beat", "--loglevel=INFO", f"--schedule={data_dir / 'beat-schedule'}"),
-        env=env, stdout=(logs / "beat.log").open("ab"), stderr=subprocess.STDOUT,
+        env=env,
+        stdout=(logs / "beat.log").open("ab"),
+        stderr=subprocess.STDOUT,
     )
     return [worker, beat]
 

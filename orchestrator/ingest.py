@@ -74,32 +74,77 @@ def finish_upload(
     try:
         staged.close()
         if staged.over_limit:
-            return _reject(session, job=job, name=name, staged=staged, code="file_too_large", status_code=HTTP_TOO_LARGE,
-                           message=f"file is {staged.size} bytes, over the limit of {max_upload_bytes} bytes")
+            return _reject(
+                session,
+                job=job,
+                name=name,
+                staged=staged,
+                code="file_too_large",
+                status_code=HTTP_TOO_LARGE,
+                message=f"file is {staged.size} bytes, over the limit of {max_upload_bytes} bytes",
+            )
         if staged.size == 0:
-            return _reject(session, job=job, name=name, staged=staged, code="empty_file",
-                           status_code=HTTP_UNPROCESSABLE, message="the file is empty (0 bytes)")
+            return _reject(
+                session,
+                job=job,
+                name=name,
+                staged=staged,
+                code="empty_file",
+                status_code=HTTP_UNPROCESSABLE,
+                message="the file is empty (0 bytes)",
+            )
         sniffed = sniff(staged.head)
         if sniffed is None:
-            return _reject(session, job=job, name=name, staged=staged, code="not_media", status_code=HTTP_UNSUPPORTED,
-                           message="the file's bytes are not a supported image, video or audio format")
+            return _reject(
+                session,
+                job=job,
+                name=name,
+                staged=staged,
+                code="not_media",
+                status_code=HTTP_UNSUPPORTED,
+                message="the file's bytes are not a supported image, video or audio format",
+            )
         if sniffed.kind == MediaKind.IMAGE:
             try:
                 check_image_header(staged.path, max_pixels=max_image_pixels)
             except ProbeError as exc:
-                return _reject(session, job=job, name=name, staged=staged, code=exc.code,
-                               status_code=HTTP_UNPROCESSABLE, message=exc.message)
+                return _reject(
+                    session,
+                    job=job,
+                    name=name,
+                    staged=staged,
+                    code=exc.code,
+                    status_code=HTTP_UNPROCESSABLE,
+                    message=exc.message,
+                )
         sha = staged.sha256
         duplicate = session.scalar(
             select(Asset.id).where(Asset.job_id == job.id, Asset.sha256 == sha, Asset.storage_key.is_not(None))
         )
         if duplicate is not None:
-            return FileOutcome(name, "duplicate", HTTP_CONFLICT, staged.size, duplicate, sha, sniffed.kind,
-                               "duplicate", "the same bytes were already uploaded to this job")
+            return FileOutcome(
+                name,
+                "duplicate",
+                HTTP_CONFLICT,
+                staged.size,
+                duplicate,
+                sha,
+                sniffed.kind,
+                "duplicate",
+                "the same bytes were already uploaded to this job",
+            )
         key = blob_key(job.tenant_id, sha)
         created_blob = storage.commit(staged, key)
-        asset = Asset(tenant_id=job.tenant_id, job_id=job.id, sha256=sha, media_kind=sniffed.kind,
-                      mime_type=sniffed.mime, size_bytes=staged.size, storage_key=key, original_name=name)
+        asset = Asset(
+            tenant_id=job.tenant_id,
+            job_id=job.id,
+            sha256=sha,
+            media_kind=sniffed.kind,
+            mime_type=sniffed.mime,
+            size_bytes=staged.size,
+            storage_key=key,
+            original_name=name,
+        )
         try:
             with session.begin_nested():
                 session.add(asset)
@@ -107,8 +152,17 @@ def finish_upload(
             # A concurrent upload of the same bytes to the same job won the race.
             if created_blob and not _blob_referenced(session, key):
                 storage.delete(key)
-            return FileOutcome(name, "duplicate", HTTP_CONFLICT, staged.size, None, sha, sniffed.kind,
-                               "duplicate", "the same bytes were already uploaded to this job")
+            return FileOutcome(
+                name,
+                "duplicate",
+                HTTP_CONFLICT,
+                staged.size,
+                None,
+                sha,
+                sniffed.kind,
+                "duplicate",
+                "the same bytes were already uploaded to this job",
+            )
         return FileOutcome(name, "accepted", HTTP_CREATED, staged.size, asset.id, sha, sniffed.kind)
     finally:
         staged.discard()

@@ -42,8 +42,9 @@ def create_job(
     chosen = list(dict.fromkeys(analyzers or default_analyzers))
     unknown = [a for a in chosen if a not in KNOWN_ANALYZERS]
     if unknown:
-        raise ConflictError(f"unknown analyzers: {', '.join(unknown)}; known: {', '.join(KNOWN_ANALYZERS)}",
-                            code="unknown_analyzer")
+        raise ConflictError(
+            f"unknown analyzers: {', '.join(unknown)}; known: {', '.join(KNOWN_ANALYZERS)}", code="unknown_analyzer"
+        )
     job = Job(tenant_id=tenant_id, name=name[:200], analyzers=chosen, options=options or {})
     session.add(job)
     session.flush()
@@ -119,7 +120,9 @@ def list_assets(
     if status is not None:
         where.append(Asset.status == status)
     count = session.scalar(select(func.count()).select_from(Asset).where(*where)) or 0
-    assets = session.scalars(select(Asset).where(*where).order_by(Asset.created_at, Asset.id).limit(limit).offset(offset))
+    assets = session.scalars(
+        select(Asset).where(*where).order_by(Asset.created_at, Asset.id).limit(limit).offset(offset)
+    )
     return list(assets), count
 
 
@@ -131,9 +134,7 @@ def results_for_assets(
     tags: dict[uuid.UUID, list[ResultTag]] = {a: [] for a in asset_ids}
     if not asset_ids:
         return payloads, tags
-    for result in session.scalars(
-        select(Result).where(Result.tenant_id == tenant_id, Result.asset_id.in_(asset_ids))
-    ):
+    for result in session.scalars(select(Result).where(Result.tenant_id == tenant_id, Result.asset_id.in_(asset_ids))):
         payloads[result.asset_id][result.analyzer] = {"model_id": result.model_id, **result.payload}
     for tag in session.scalars(
         select(ResultTag)

@@ -94,7 +94,7 @@ def probe_av(path: Path, kind: MediaKind, *, max_pixels: int) -> ProbeInfo:
             if info.width and info.height and info.width * info.height > max_pixels:
                 raise ProbeError("image_too_large", f"video frames of {info.width}x{info.height} exceed the limit")
             for frame in container.decode(stream):
-                image = frame.to_image()
+                image = frame.to_image()  # type: ignore[no-untyped-call]
                 image.thumbnail((THUMBNAIL_PX, THUMBNAIL_PX))
                 info.thumbnail_jpeg = _jpeg(image)
                 break

@@ -1,4 +1,4 @@
-"""One settings object per process: defaults in code, overridden by ``config/orchestrator.toml`` then ``ORCH_`` env vars."""
+"""One settings object per process: defaults in code, then ``config/orchestrator.toml``, then ``ORCH_`` env vars."""
 
 from __future__ import annotations
 
@@ -26,7 +26,9 @@ def default_data_dir() -> Path:
 class Settings(BaseSettings):
     """Orchestrator settings. Nested values use ``__`` in env names, e.g. ``ORCH_DATABASE_URL``."""
 
-    model_config = SettingsConfigDict(env_prefix="ORCH_", env_nested_delimiter="__", toml_file=CONFIG_FILE, extra="ignore")
+    model_config = SettingsConfigDict(
+        env_prefix="ORCH_", env_nested_delimiter="__", toml_file=CONFIG_FILE, extra="ignore"
+    )
 
     environment: Literal["development", "test", "production"] = "development"
     data_dir: Path = Field(default_factory=default_data_dir)

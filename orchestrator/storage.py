@@ -107,7 +107,7 @@ class LocalStorage:
             staged.path.unlink(missing_ok=True)
             return False
         target.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(staged.path, target)
+        staged.path.replace(target)
         return True
 
     def put_bytes(self, key: str, data: bytes) -> None:
@@ -116,7 +116,7 @@ class LocalStorage:
         target.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.root / "tmp" / f"{uuid.uuid4().hex}.part"
         tmp.write_bytes(data)
-        os.replace(tmp, target)
+        tmp.replace(target)
 
     def exists(self, key: str) -> bool:
         """Whether ``key`` is stored."""

@@ -25,8 +25,7 @@ def _get_executor() -> InProcessExecutor:
                 from gpu_worker.executor import InProcessExecutor
             except ImportError as exc:
                 raise BackendUnavailableError(
-                    "the in-process worker needs the inference stack: pip install 'ai-media-analysis[worker]' "
-                    f"({exc})"
+                    f"the in-process worker needs the inference stack: pip install 'ai-media-analysis[worker]' ({exc})"
                 ) from exc
             _executor = InProcessExecutor()
         return _executor
@@ -39,4 +38,5 @@ class InProcessBackend:
 
     def execute(self, manifest: BatchManifest) -> BatchResult:
         """Run the manifest in-process; raises BackendUnavailableError if the inference stack is missing."""
-        return _get_executor().run(manifest)
+        result: BatchResult = _get_executor().run(manifest)
+        return result

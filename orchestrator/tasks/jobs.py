@@ -140,7 +140,9 @@ def analyze_batch(batch_id: str) -> str:
     """Claim a batch, run it on the first backend that works, and write its results under the claim."""
     settings = get_settings()
     with session_scope() as session:
-        claim = claim_batch(session, batch_id=uuid.UUID(batch_id), worker_id=_worker_id(), lease_s=settings.batch_lease_s)
+        claim = claim_batch(
+            session, batch_id=uuid.UUID(batch_id), worker_id=_worker_id(), lease_s=settings.batch_lease_s
+        )
     if claim is None:
         return "nothing to claim"
     manifest, job_id = build_manifest(claim.batch_id)
@@ -198,21 +200,33 @@ def reap() -> dict[str, int]:
     with session_scope() as session:
         failed = fail_exhausted_batches(session, now=now)
         batches = batches_to_requeue(session, now=now, pending_grace_s=settings.batch_lease_s)
-        unprepared = list(session.scalars(
-            select(Asset.id).join(Job, Job.id == Asset.job_id).where(
-                Asset.status == AssetStatus.UPLOADED, Asset.created_at < now - grace,
-                Job.status.in_([JobStatus.OPEN, JobStatus.QUEUED]),
+        unprepared = list(
+            session.scalars(
+                select(Asset.id)
+                .join(Job, Job.id == Asset.job_id)
+                .where(
+                    Asset.status == AssetStatus.UPLOADED,
+                    Asset.created_at < now - grace,
+                    Job.status.in_([JobStatus.OPEN, JobStatus.QUEUED]),
+                )
             )
-        ))
-        active_jobs = list(session.scalars(
-            select(Job.id).where(Job.status.in_([JobStatus.QUEUED, JobStatus.RUNNING]), Job.sealed_at < now - grace)
-        ))
-        unplanned = set(session.scalars(
-            select(Asset.job_id).where(
-                Asset.job_id.in_(active_jobs),
-                and_(Asset.status == AssetStatus.PREPARED, Asset.batch_id.is_(None)),
-            ).group_by(Asset.job_id).having(func.count() > 0)
-        ))
+        )
+        active_jobs = list(
+            session.scalars(
+                select(Job.id).where(Job.status.in_([JobStatus.QUEUED, JobStatus.RUNNING]), Job.sealed_at < now - grace)
+            )
+        )
+        unplanned = set(
+            session.scalars(
+                select(Asset.job_id)
+                .where(
+                    Asset.job_id.in_(active_jobs),
+                    and_(Asset.status == AssetStatus.PREPARED, Asset.batch_id.is_(None)),
+                )
+                .group_by(Asset.job_id)
+                .having(func.count() > 0)
+            )
+        )
     for batch_id in batches:
         analyze_batch.delay(str(batch_id))
     for asset_id in unprepared:

@@ -24,7 +24,9 @@ def get_asset_detail(asset_id: uuid.UUID, session: SessionDep, tenant: TenantDep
 
 
 @router.get("/{asset_id}/download", response_class=StreamingResponse)
-def download_asset(asset_id: uuid.UUID, session: SessionDep, tenant: TenantDep, storage: StorageDep) -> StreamingResponse:
+def download_asset(
+    asset_id: uuid.UUID, session: SessionDep, tenant: TenantDep, storage: StorageDep
+) -> StreamingResponse:
     """The original bytes, as uploaded."""
     asset = get_asset(session, tenant_id=tenant.id, asset_id=asset_id)
     if asset.storage_key is None or not storage.exists(asset.storage_key):
@@ -34,13 +36,18 @@ def download_asset(asset_id: uuid.UUID, session: SessionDep, tenant: TenantDep, 
     return StreamingResponse(
         storage.iter_bytes(asset.storage_key),
         media_type=asset.mime_type or "application/octet-stream",
-        headers={"Content-Disposition": f"attachment; filename*=UTF-8''{filename}", "Content-Length": str(asset.size_bytes),
-                 "X-Content-Type-Options": "nosniff"},
+        headers={
+            "Content-Disposition": f"attachment; filename*=UTF-8''{filename}",
+            "Content-Length": str(asset.size_bytes),
+            "X-Content-Type-Options": "nosniff",
+        },
     )
 
 
 @router.get("/{asset_id}/thumbnail", response_class=StreamingResponse)
-def asset_thumbnail(asset_id: uuid.UUID, session: SessionDep, tenant: TenantDep, storage: StorageDep) -> StreamingResponse:
+def asset_thumbnail(
+    asset_id: uuid.UUID, session: SessionDep, tenant: TenantDep, storage: StorageDep
+) -> StreamingResponse:
     """A JPEG preview at most 320 px on its longer side."""
     asset = get_asset(session, tenant_id=tenant.id, asset_id=asset_id)
     if asset.thumbnail_key is None or not storage.exists(asset.thumbnail_key):

@@ -216,7 +216,9 @@ def downgrade() -> None:
     op.drop_table("embeddings")
     with op.batch_alter_table("assets", schema=None) as batch_op:
         batch_op.drop_index(
-            "uq_assets_job_sha256", sqlite_where=sa.text("storage_key IS NOT NULL"), postgresql_where=sa.text("storage_key IS NOT NULL")
+            "uq_assets_job_sha256",
+            sqlite_where=sa.text("storage_key IS NOT NULL"),
+            postgresql_where=sa.text("storage_key IS NOT NULL"),
         )
         batch_op.drop_index("ix_assets_tenant_sha256")
         batch_op.drop_index("ix_assets_job_status")

@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# Install everything, start PostgreSQL and Redis if needed, then lint, type-check and run the whole test suite.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+bash scripts/install.sh
+bash scripts/services.sh
+. .venv/bin/activate
+
+ruff check orchestrator gpu_worker tests bench
+mypy orchestrator gpu_worker
+python -m pytest -q "$@"
