@@ -14,15 +14,27 @@ class WorkerError(Exception):
         super().__init__(message)
         self.message = message
 
+    @property
+    def summary(self) -> str:
+        """One line for people reading a job's notices; the full ``message`` goes to the logs."""
+        return self.message.splitlines()[0] if self.message else self.code
+
 
 class ModelUnavailableError(WorkerError):
-    """A model's weights cannot be had here; ``message`` tells the user how to provide them."""
+    """A model's weights cannot be had here; ``message`` tells the user how to provide them, ``summary`` in one
+    line."""
 
     code = "model_unavailable"
 
-    def __init__(self, model_id: str, message: str) -> None:
+    def __init__(self, model_id: str, message: str, summary: str | None = None) -> None:
         super().__init__(message)
         self.model_id = model_id
+        self._summary = summary
+
+    @property
+    def summary(self) -> str:
+        """One line naming the missing weights and the command that provides them."""
+        return self._summary or super().summary
 
 
 class UnknownModelError(ModelUnavailableError):

@@ -59,7 +59,7 @@ def choose_device(choice: DeviceChoice) -> str:
 
 @dataclass
 class _Unavailable:
-    message: str
+    error: ModelUnavailableError | ModelLoadError
     since: float
 
 
@@ -102,13 +102,13 @@ class InProcessExecutor:
                     return self._analyzers[key]
                 failed = self._unavailable.get(key)
             if failed is not None and time.monotonic() - failed.since < UNAVAILABLE_RETRY_S:
-                raise ModelUnavailableError(model_id, failed.message)
+                raise failed.error
             analyzer = cls(self.store, model_id)
             try:
                 analyzer.load(self.device)
             except (ModelUnavailableError, ModelLoadError) as exc:
                 with self._lock:
-                    self._unavailable[key] = _Unavailable(exc.message, time.monotonic())
+                    self._unavailable[key] = _Unavailable(exc, time.monotonic())
                 raise
             with self._lock:
                 self._analyzers[key] = analyzer
@@ -131,7 +131,7 @@ class InProcessExecutor:
                 active[name] = self.analyzer(name, model if isinstance(model, str) else None)
             except WorkerError as exc:  # missing weights, a broken catalog, no CUDA where it was required
                 log.warning("analyzer %s unavailable: %s", name, exc.message)
-                unavailable[name] = exc.message
+                unavailable[name] = exc.summary
 
         chunk_size = max(1, self.settings.decode_chunk_items)
         for start in range(0, len(manifest.items), chunk_size):

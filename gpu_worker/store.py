@@ -346,7 +346,15 @@ class ModelStore:
                 missing = self._missing(entry, folder)
                 if not missing:
                     return folder
-            raise ModelUnavailableError(model_id, self._unavailable_message(entry, missing, attempts, downloads))
+            raise ModelUnavailableError(
+                model_id,
+                self._unavailable_message(entry, missing, attempts, downloads),
+                summary=(
+                    f"{entry.family} weights {entry.id!r} are missing ({', '.join(f.name for f in missing)} in "
+                    f"{self.folder(entry.id)}); add them with `{FETCH_COMMAND} {entry.id}`"
+                    + ("" if downloads else " or set GPUW_ALLOW_DOWNLOAD=1")
+                ),
+            )
 
     def verify(self, model_id: str) -> ModelState:
         """Re-hash the cached files of a model, ignoring what this process remembers; corrupt files are removed."""

@@ -54,6 +54,7 @@ def plan_batches(session: Session, *, job_id: uuid.UUID, batch_size: int, max_at
     )
     if waiting:
         return None
+    reuse_previous_results(session, job=job)
     ready = list(
         session.scalars(
             select(Asset.id)
@@ -72,6 +73,81 @@ def plan_batches(session: Session, *, job_id: uuid.UUID, batch_size: int, max_at
         batch_ids.append(batch.id)
     job.status = JobStatus.RUNNING
     return batch_ids
+
+
+def reuse_previous_results(session: Session, *, job: Job) -> int:
+    """Copy results to the job's prepared assets whose identical bytes this tenant already had analyzed with the
+    same analyzers and options, so they are not analyzed (and paid for) again. Returns how many were reused.
+
+    Only a complete earlier analysis is reused: one with a result for every analyzer of the job. An analysis that
+    lacked an analyzer (its weights were missing, say) is done again.
+    """
+    pending = list(
+        session.scalars(
+            select(Asset).where(
+                Asset.job_id == job.id,
+                Asset.status == AssetStatus.PREPARED,
+                Asset.batch_id.is_(None),
+                Asset.sha256.is_not(None),
+            )
+        )
+    )
+    reused = 0
+    for asset in pending:
+        sources = session.execute(
+            select(Asset, Job)
+            .join(Job, Job.id == Asset.job_id)
+            .where(
+                Asset.tenant_id == job.tenant_id,
+                Asset.sha256 == asset.sha256,
+                Asset.status == AssetStatus.DONE,
+                Asset.id != asset.id,
+            )
+            .order_by(Asset.updated_at.desc())
+        ).all()
+        for source, source_job in sources:
+            if source_job.analyzers != job.analyzers or source_job.options != job.options:
+                continue
+            results = list(session.scalars(select(Result).where(Result.asset_id == source.id)))
+            if {r.analyzer for r in results} != set(job.analyzers):
+                continue
+            _copy_results(session, source=source, target=asset, results=results)
+            reused += 1
+            break
+    return reused
+
+
+def _copy_results(session: Session, *, source: Asset, target: Asset, results: list[Result]) -> None:
+    for result in results:
+        session.add(
+            Result(
+                tenant_id=target.tenant_id,
+                asset_id=target.id,
+                analyzer=result.analyzer,
+                model_id=result.model_id,
+                payload={**result.payload, "reused_from": str(source.id)},
+                batch_attempt=0,
+            )
+        )
+    for tag in session.scalars(select(ResultTag).where(ResultTag.asset_id == source.id)):
+        session.add(
+            ResultTag(
+                tenant_id=target.tenant_id, asset_id=target.id, analyzer=tag.analyzer, tag=tag.tag, score=tag.score
+            )
+        )
+    for embedding in session.scalars(select(Embedding).where(Embedding.asset_id == source.id)):
+        session.add(
+            Embedding(
+                tenant_id=target.tenant_id,
+                asset_id=target.id,
+                analyzer=embedding.analyzer,
+                model_id=embedding.model_id,
+                dim=embedding.dim,
+                vector=embedding.vector,
+            )
+        )
+    target.width, target.height, target.duration_s = source.width, source.height, source.duration_s
+    target.status = AssetStatus.DONE
 
 
 def claim_batch(session: Session, *, batch_id: uuid.UUID, worker_id: str, lease_s: float) -> Claim | None:
