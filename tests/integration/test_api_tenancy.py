@@ -67,7 +67,7 @@ ADMIN_ROUTES: dict[tuple[str, str], Call] = {
 }
 
 # starlette's TestClient answers with an httpx2 (or, on older versions, httpx) response.
-TestResponse = Any
+ClientResponse = Any
 
 # Routes under /api/v1 that need no credentials and show no tenant's data.
 PUBLIC_ROUTES = {("GET", "/api/v1/openapi.json")}
@@ -118,7 +118,7 @@ class World:
     job_id: str
     asset_id: str
 
-    def call(self, method: str, path: str, call: Call, headers: dict[str, str], ids: dict[str, str]) -> TestResponse:
+    def call(self, method: str, path: str, call: Call, headers: dict[str, str], ids: dict[str, str]) -> ClientResponse:
         def fill(match: re.Match[str]) -> str:
             name = match.group(1)
             if name not in ids:
