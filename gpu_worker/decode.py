@@ -19,6 +19,13 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from gpu_worker.contract import MediaKind
 from gpu_worker.errors import DecodeError, DecodeErrorCode
 
+try:  # HEIC/HEIF (and AVIF on older Pillow) through the pillow-heif plugin, where it is installed
+    from pillow_heif import register_heif_opener
+except ImportError:  # pragma: no cover - without it such files are reported as unsupported_format
+    pass
+else:
+    register_heif_opener()
+
 # ISO base media brands that Pillow cannot open without the pillow-heif plugin.
 HEIF_BRANDS = {b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", b"mif1", b"msf1", b"avif", b"avis"}
 # Warnings filters are process-wide; this lock keeps two decoding threads from racing on the one we set.
@@ -166,7 +173,7 @@ def decode_video_frames(path: Path, *, count: int = 4, max_pixels: int, max_side
     except av.error.InvalidDataError as exc:
         raise DecodeError(DecodeErrorCode.NOT_MEDIA, f"{path.name} is not a video FFmpeg can read") from exc
     except (av.FFmpegError, OSError) as exc:
-        raise DecodeError(DecodeErrorCode.DECODE_FAILED, f"{path.name} could not be opened: {exc}") from exc
+        raise DecodeError(DecodeErrorCode.DECODE_FAILED, f"{path.name} could not be opened: {_reason(exc)}") from exc
     frames: list[Frame] = []
     with container:
         if not container.streams.video:
@@ -190,7 +197,9 @@ def decode_video_frames(path: Path, *, count: int = 4, max_pixels: int, max_side
                 frames = _spread_frames(container, stream, count)
         except (av.FFmpegError, OSError, ValueError) as exc:
             if not frames:
-                raise DecodeError(DecodeErrorCode.DECODE_FAILED, f"{path.name}: video decoding failed: {exc}") from exc
+                raise DecodeError(
+                    DecodeErrorCode.DECODE_FAILED, f"{path.name}: video decoding failed: {_reason(exc)}"
+                ) from exc
     if not frames:
         raise DecodeError(DecodeErrorCode.DECODE_FAILED, f"{path.name}: no video frame could be decoded")
     if max_side_px:
@@ -240,3 +249,9 @@ def _spread_frames(container: av.container.InputContainer, stream: av.VideoStrea
         return kept
     step = len(kept) / count
     return [kept[int(step * (index + 0.5))] for index in range(count)]
+
+
+def _reason(exc: BaseException) -> str:
+    """The library's short reason without the file path that FFmpeg and OS errors embed."""
+    reason = getattr(exc, "strerror", None)
+    return str(reason) if reason else type(exc).__name__

@@ -22,6 +22,7 @@ from orchestrator.db.models import Asset, Batch, Embedding, Job, Result, ResultT
 from orchestrator.enums import AssetStatus, BatchStatus, JobStatus
 
 T = TypeVar("T")
+MAX_TAG_CHARS = 200  # the width of result_tags.tag
 
 
 def chunk(items: Sequence[T], size: int) -> list[list[T]]:
@@ -269,8 +270,8 @@ def _write_item(session: Session, *, asset: Asset, item: ItemResult, attempt: in
             existing.model_id, existing.payload, existing.batch_attempt = output.model_id, output.payload, attempt
         session.execute(delete(ResultTag).where(ResultTag.asset_id == asset.id, ResultTag.analyzer == analyzer))
         session.add_all(
-            ResultTag(tenant_id=asset.tenant_id, asset_id=asset.id, analyzer=analyzer, tag=t.tag[:200], score=t.score)
-            for t in {t.tag: t for t in output.tags}.values()
+            ResultTag(tenant_id=asset.tenant_id, asset_id=asset.id, analyzer=analyzer, tag=tag, score=t.score)
+            for tag, t in {t.tag[:MAX_TAG_CHARS]: t for t in output.tags}.items()
         )
         session.execute(delete(Embedding).where(Embedding.asset_id == asset.id, Embedding.analyzer == analyzer))
         if output.embedding:

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
 
-from sqlalchemy import select
+from sqlalchemy import delete, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -37,6 +37,13 @@ class FileOutcome:
     media_kind: str | None = None
     code: str | None = None
     message: str | None = None
+    # Not shown to clients: what to undo if the rest of the request turns out to be malformed.
+    storage_key: str | None = field(default=None, repr=False)
+    created_blob: bool = field(default=False, repr=False)
+
+    def public(self) -> dict[str, object]:
+        """The fields a client sees."""
+        return {k: v for k, v in asdict(self).items() if k not in ("storage_key", "created_blob")}
 
 
 def _reject(
@@ -163,9 +170,31 @@ def finish_upload(
                 "duplicate",
                 "the same bytes were already uploaded to this job",
             )
-        return FileOutcome(name, "accepted", HTTP_CREATED, staged.size, asset.id, sha, sniffed.kind)
+        return FileOutcome(
+            name,
+            "accepted",
+            HTTP_CREATED,
+            staged.size,
+            asset.id,
+            sha,
+            sniffed.kind,
+            storage_key=key,
+            created_blob=created_blob,
+        )
     finally:
         staged.discard()
+
+
+def undo_uploads(session: Session, *, storage: LocalStorage, outcomes: list[FileOutcome]) -> None:
+    """Remove what a request recorded before it turned out malformed: its asset rows, and the stored files that
+    it created and nothing else references. The caller commits."""
+    ids = [o.asset_id for o in outcomes if o.asset_id is not None and o.status != "duplicate"]
+    if ids:
+        session.execute(delete(Asset).where(Asset.id.in_(ids)))
+        session.flush()
+    for outcome in outcomes:
+        if outcome.created_blob and outcome.storage_key and not _blob_referenced(session, outcome.storage_key):
+            storage.delete(outcome.storage_key)
 
 
 def _blob_referenced(session: Session, key: str) -> bool:

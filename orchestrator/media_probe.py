@@ -6,6 +6,7 @@ Every failure is a :class:`ProbeError` with a stable code; nothing here trusts t
 from __future__ import annotations
 
 import io
+import logging
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +16,15 @@ from PIL import Image, ImageOps
 from gpu_worker.contract import MediaKind
 
 THUMBNAIL_PX = 320
+
+log = logging.getLogger(__name__)
+
+try:  # HEIC/HEIF photos (the iPhone default) decode through the pillow-heif plugin
+    from pillow_heif import register_heif_opener
+except ImportError:  # pragma: no cover - pillow-heif is a base dependency; a trimmed install still runs without HEIC
+    pass
+else:
+    register_heif_opener()
 
 
 class ProbeError(Exception):
@@ -44,9 +54,11 @@ def check_image_header(path: Path, *, max_pixels: int) -> tuple[int, int]:
             with Image.open(path) as image:
                 width, height = image.size
         except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-            raise ProbeError("decompression_bomb", f"refused as a decompression bomb: {exc}") from exc
+            raise _failed(
+                "decompression_bomb", "refused as a decompression bomb (its pixel count is absurd)", exc
+            ) from exc
         except (OSError, SyntaxError, ValueError) as exc:
-            raise ProbeError("decode_failed", f"not a readable image: {exc}") from exc
+            raise _failed("decode_failed", "not a readable image", exc) from exc
     if width * height > max_pixels:
         raise ProbeError(
             "image_too_large",
@@ -67,10 +79,12 @@ def probe_image(path: Path, *, max_pixels: int) -> ProbeInfo:
                 preview = oriented.convert("RGB")
         except OSError as exc:
             if "truncated" in str(exc).lower():
-                raise ProbeError("truncated", f"the image is truncated: {exc}") from exc
-            raise ProbeError("decode_failed", f"the image could not be decoded: {exc}") from exc
+                raise _failed(
+                    "truncated", "the image is truncated: its data ends before the picture does", exc
+                ) from exc
+            raise _failed("decode_failed", "the image could not be decoded", exc) from exc
         except (SyntaxError, ValueError, Image.DecompressionBombWarning) as exc:
-            raise ProbeError("decode_failed", f"the image could not be decoded: {exc}") from exc
+            raise _failed("decode_failed", "the image could not be decoded", exc) from exc
     preview.thumbnail((THUMBNAIL_PX, THUMBNAIL_PX))
     return ProbeInfo(width=width, height=height, thumbnail_jpeg=_jpeg(preview))
 
@@ -102,7 +116,7 @@ def probe_av(path: Path, kind: MediaKind, *, max_pixels: int) -> ProbeInfo:
     except ProbeError:
         raise
     except (av.FFmpegError, OSError, ValueError) as exc:
-        raise ProbeError("decode_failed", f"the file could not be decoded: {exc}") from exc
+        raise _failed("decode_failed", "the file could not be decoded", exc) from exc
 
 
 def probe(path: Path, kind: MediaKind, *, max_pixels: int) -> ProbeInfo:
@@ -110,6 +124,12 @@ def probe(path: Path, kind: MediaKind, *, max_pixels: int) -> ProbeInfo:
     if kind == MediaKind.IMAGE:
         return probe_image(path, max_pixels=max_pixels)
     return probe_av(path, kind, max_pixels=max_pixels)
+
+
+def _failed(code: str, message: str, exc: BaseException) -> ProbeError:
+    """A ProbeError with a fixed message; the library's text names server paths, so it goes to the log only."""
+    log.info("probe %s: %s: %s", code, type(exc).__name__, exc)
+    return ProbeError(code, message)
 
 
 def _jpeg(image: Image.Image) -> bytes:

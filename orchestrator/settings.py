@@ -15,6 +15,7 @@ from pydantic_settings import (
 )
 
 PLACEHOLDER_SECRET = "change-me"  # noqa: S105 - the marker that refuses to start outside development
+MIN_SECRET_CHARS = 32
 CONFIG_FILE = Path("config/orchestrator.toml")
 
 
@@ -63,8 +64,12 @@ class Settings(BaseSettings):
             self.database_url = f"sqlite:///{(self.data_dir / 'orchestrator.sqlite').as_posix()}"
         if not self.broker_url:
             self.broker_url = f"sqla+sqlite:///{(self.data_dir / 'queue.sqlite').as_posix()}"
-        if self.environment == "production" and PLACEHOLDER_SECRET in (self.secret_key, self.admin_token):
-            raise ValueError("ORCH_SECRET_KEY and ORCH_ADMIN_TOKEN must be set to real secrets in production")
+        if self.environment == "production":
+            for name, value in (("ORCH_SECRET_KEY", self.secret_key), ("ORCH_ADMIN_TOKEN", self.admin_token)):
+                if value == PLACEHOLDER_SECRET or len(value) < MIN_SECRET_CHARS:
+                    raise ValueError(
+                        f"{name} must be a real secret of at least {MIN_SECRET_CHARS} characters in production"
+                    )
         if self.visibility_timeout_s <= self.task_hard_time_limit_s:
             raise ValueError("visibility_timeout_s must be larger than task_hard_time_limit_s")
         return self

@@ -31,6 +31,8 @@ _ISO_BMFF_BRANDS: dict[bytes, Sniffed] = {
     b"3gp4": Sniffed(MediaKind.VIDEO, "video/3gpp"),
     b"3gp5": Sniffed(MediaKind.VIDEO, "video/3gpp"),
 }
+# The DIB header sizes that real bitmaps use (BITMAPCOREHEADER … BITMAPV5HEADER); "BM" alone is too common in text.
+_BMP_HEADER_SIZES = frozenset({12, 40, 52, 56, 64, 108, 124})
 _MP4 = Sniffed(MediaKind.VIDEO, "video/mp4")
 
 
@@ -44,7 +46,7 @@ def sniff(head: bytes) -> Sniffed | None:
         return Sniffed(MediaKind.IMAGE, "image/gif")
     if head[:4] in (b"II*\x00", b"MM\x00*"):
         return Sniffed(MediaKind.IMAGE, "image/tiff")
-    if head.startswith(b"BM") and len(head) > 14:
+    if head.startswith(b"BM") and len(head) >= 18 and head[6:10] == b"\0\0\0\0" and head[14] in _BMP_HEADER_SIZES:
         return Sniffed(MediaKind.IMAGE, "image/bmp")
     if head.startswith(b"RIFF") and len(head) >= 12:
         fourcc = head[8:12]

@@ -91,7 +91,7 @@ class LocalStorage:
 
     def path_for(self, key: str) -> Path:
         """Filesystem path of ``key``; refuses keys that could leave the store."""
-        if not KEY_PATTERN.match(key) or ".." in key.split("/"):
+        if not KEY_PATTERN.fullmatch(key) or ".." in key.split("/"):
             raise UploadRejectedError(f"invalid storage key {key!r}", code="invalid_key")
         return self.root / key
 

@@ -14,7 +14,6 @@ from orchestrator.errors import MediaAnalysisError
 from orchestrator.storage import LocalStorage, StagedUpload
 
 MAX_PARTS = 1000
-MAX_FIELD_BYTES = 64 * 1024
 
 
 class MalformedUploadError(MediaAnalysisError):
@@ -54,8 +53,8 @@ async def receive_files(
     """Parse the request body as it streams in; call ``on_file`` for each complete file part, in order.
 
     Parts without a filename (plain form fields) are read and ignored. If the body breaks off or is malformed, the
-    part in progress is discarded and :class:`MalformedUploadError` is raised; parts already handed to ``on_file``
-    are complete files and stay. Returns the number of file parts.
+    part in progress is discarded and :class:`MalformedUploadError` is raised; the caller undoes what ``on_file``
+    recorded for the earlier parts. Returns the number of file parts.
     """
     boundary = boundary_of(request.headers.get("content-type"))
     current = _Part()

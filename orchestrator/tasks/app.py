@@ -73,8 +73,6 @@ def celery_config(settings: Settings) -> dict[str, Any]:
 def create_celery_app(settings: Settings | None = None) -> Celery:
     """A Celery app configured from ``settings`` (default: the process settings)."""
     settings = settings or get_settings()
-    if settings.broker_url.startswith("sqla+"):
-        settings.data_dir.mkdir(parents=True, exist_ok=True)
     app = Celery("orchestrator")
     app.conf.update(celery_config(settings))
     return app
@@ -86,6 +84,9 @@ celery_app = create_celery_app()
 def enqueue(task_name: str, *args: str) -> bool:
     """Send a task by name. A broker outage is logged, not raised: the row is already committed and the reaper
     sends the work again, so a request that stored a file still succeeds."""
+    settings = get_settings()
+    if settings.broker_url.startswith("sqla+"):
+        settings.data_dir.mkdir(parents=True, exist_ok=True)  # the embedded queue's SQLite file lives there
     try:
         celery_app.send_task(task_name, args=list(args))
     except (KombuOperationalError, OSError) as exc:

@@ -262,11 +262,6 @@ def test_all_files_rejected_alike_answer_with_their_shared_code(api: Api) -> Non
 
 
 @pytest.mark.parametrize("orch_env", ["sqlite"], indirect=True)  # upload checks; the database does not matter
-@pytest.mark.xfail(
-    reason="orchestrator/media_probe.py check_image_header opens HEIC with plain Pillow and never registers the "
-    "pillow-heif opener, so every HEIC photo (the iPhone default, sniffed as image/heic) is rejected as decode_failed",
-    strict=True,
-)
 def test_a_heic_photo_is_accepted_and_prepared(api: Api) -> None:
     pillow_heif = pytest.importorskip("pillow_heif")
     buffer = io.BytesIO()
@@ -283,11 +278,6 @@ def test_a_heic_photo_is_accepted_and_prepared(api: Api) -> None:
 
 
 @pytest.mark.parametrize("orch_env", ["sqlite"], indirect=True)  # upload checks; the database does not matter
-@pytest.mark.xfail(
-    reason="orchestrator/media_probe.py check_image_header (and probe_image) put Pillow's exception text in the "
-    "message, and Pillow names the file: the client is shown the server's temp path under data_dir/media/tmp",
-    strict=True,
-)
 def test_rejection_messages_do_not_reveal_server_paths(api: Api) -> None:
     job_id = api.new_job()
 
@@ -439,12 +429,6 @@ def test_malformed_uploads_answer_400_and_leave_no_rows_and_no_files(api: Api) -
 
 
 @pytest.mark.parametrize("orch_env", ["sqlite"], indirect=True)  # upload parsing; the database does not matter
-@pytest.mark.xfail(
-    reason="orchestrator/api/uploads.py receive_files / api/routes/jobs.py post_files: a file completed before the "
-    "body breaks off is committed (asset row, blob, prepare task) while the client gets only 400 malformed_upload, "
-    "with no per-file outcome, so it cannot know the file was kept",
-    strict=True,
-)
 def test_a_body_cut_off_after_a_complete_file_answers_400_and_keeps_nothing(api: Api) -> None:
     job_id = api.new_job()
     body, content_type = multipart([(b"whole.jpg", _jpeg(1)), (b"cut.jpg", _jpeg(2))])

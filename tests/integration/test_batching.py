@@ -338,12 +338,6 @@ def test_a_rewrite_replaces_tags_and_embeddings_and_repeated_tags_are_stored_onc
     assert rows["result_count"] == {(2,)} and rows["embedding_count"] == {(2,)}
 
 
-@pytest.mark.xfail(
-    reason="orchestrator/batching.py _write_item: tags are de-duplicated by their full text but stored cut to 200 "
-    "characters, so two long tags sharing their first 200 characters violate uq_result_tags_asset_id and the whole "
-    "batch write fails on every attempt; de-duplicate on t.tag[:200]",
-    strict=True,
-)
 def test_long_tags_that_differ_only_after_the_stored_length_are_stored_once(planned: Planned, clock: Clock) -> None:
     _, batch_id, asset_ids = planned
     claim = _claim(batch_id, "worker-1")

@@ -128,11 +128,6 @@ def test_bytes_that_are_not_media_are_not_recognised(name: str) -> None:
     assert sniff(NOT_MEDIA[name]) is None
 
 
-@pytest.mark.xfail(
-    reason="orchestrator/sniff.py: any input starting with b'BM' and longer than 14 bytes is called image/bmp; "
-    "text such as 'BMW ...' is then rejected as decode_failed (422) instead of not_media (415)",
-    strict=True,
-)
 def test_text_that_starts_with_the_bmp_magic_is_not_media() -> None:
     assert sniff(b"BMW service history for the car in the photos, 2019 to 2024.\n") is None
 

@@ -169,14 +169,7 @@ def test_put_bytes_writes_a_derived_file_and_reads_back_in_chunks(storage: Local
         "tenants/abc/évian",
         "tenants/abc/x;rm",
         "a" * 301,
-        pytest.param(
-            "tenants/abc/x\n",
-            marks=pytest.mark.xfail(
-                reason="orchestrator/storage.py path_for: KEY_PATTERN.match() with '$' accepts one trailing newline; "
-                "use KEY_PATTERN.fullmatch() (or end the pattern with \\Z)",
-                strict=True,
-            ),
-        ),
+        "tenants/abc/x\n",
     ],
 )
 def test_path_for_refuses_keys_that_could_leave_the_store_or_hold_odd_characters(

@@ -6,6 +6,7 @@ import uuid
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Request, status
+from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 
 from orchestrator.api.deps import SessionDep, SettingsDep, StorageDep, TenantDep
@@ -14,7 +15,7 @@ from orchestrator.api.schemas import AssetsPublic, JobCreate, JobPublic, JobsPub
 from orchestrator.api.uploads import MalformedUploadError, ReceivedFile, receive_files
 from orchestrator.enums import AssetStatus
 from orchestrator.errors import ConflictError
-from orchestrator.ingest import FileOutcome, finish_upload, job_accepts_files
+from orchestrator.ingest import FileOutcome, finish_upload, job_accepts_files, undo_uploads
 from orchestrator.jobs import create_job, get_job, list_assets, list_jobs, seal_job
 from orchestrator.tasks.app import enqueue
 from orchestrator.tasks.constants import TASK_PLAN_JOB, TASK_PREPARE_ASSET
@@ -100,16 +101,24 @@ async def post_files(
             max_upload_bytes=settings.max_upload_bytes,
             max_image_pixels=settings.max_image_pixels,
         )
+        # Committed file by file so that a long upload never holds the database's write lock (SQLite) for long.
         session.commit()
         outcomes.append(outcome)
+
+    try:
+        count = await receive_files(request, storage=storage, limit_bytes=settings.max_upload_bytes, on_file=on_file)
+        if count == 0:
+            raise MalformedUploadError("no file parts: send files in multipart fields named 'files'")
+    except MalformedUploadError:
+        # A malformed request leaves nothing behind, not even the files that were complete before it broke off.
+        await run_in_threadpool(undo_uploads, session, storage=storage, outcomes=outcomes)
+        session.commit()
+        raise
+    for outcome in outcomes:
         if outcome.status == "accepted":
             enqueue(TASK_PREPARE_ASSET, str(outcome.asset_id))
-
-    count = await receive_files(request, storage=storage, limit_bytes=settings.max_upload_bytes, on_file=on_file)
-    if count == 0:
-        raise MalformedUploadError("no file parts: send files in multipart fields named 'files'")
     body = UploadPublic(
-        files=[UploadedFilePublic(**o.__dict__) for o in outcomes],
+        files=[UploadedFilePublic.model_validate(o.public()) for o in outcomes],
         accepted=sum(o.status == "accepted" for o in outcomes),
         rejected=sum(o.status != "accepted" for o in outcomes),
     )
