@@ -7,6 +7,6 @@ bash scripts/install.sh
 bash scripts/services.sh
 . .venv/bin/activate
 
-ruff check orchestrator gpu_worker tests bench
+ruff check .
 mypy orchestrator gpu_worker
 python -m pytest -q "$@"
