@@ -10,20 +10,23 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import importlib.util
+import json
 import logging
 import os
+import tarfile
 import tempfile
 import threading
 import tomllib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from enum import StrEnum
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Annotated, Any, Literal
 
-import httpx
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from gpu_worker.download import DownloadError, TransientDownloadError, download_resumable
 from gpu_worker.errors import ChecksumMismatchError, ModelUnavailableError, UnknownModelError, WorkerError
 from gpu_worker.settings import WorkerSettings
 
@@ -33,6 +36,8 @@ CHUNK_BYTES = 1024 * 1024
 HF_ENDPOINT = "https://huggingface.co"
 FETCH_COMMAND = "gpu-worker models fetch"
 PIN_SUFFIX = ".sha256"
+PARTIAL_SUFFIX = ".download"
+BUNDLE_MODELS_DIR = "models"
 
 ProgressCallback = Callable[[str, int, int | None], None]
 """Called as ``progress(file_name, bytes_done, bytes_total_or_None)`` while a file is copied or downloaded."""
@@ -153,7 +158,52 @@ class HfSource(BaseModel):
         return f"hf {self.repo}@{self.revision}"
 
 
-Source = Annotated[LocalSource | UrlSource | HfSource, Field(discriminator="kind")]
+class BundleSource(BaseModel):
+    """An offline bundle made by ``gpu-worker models export-bundle``: one tar file holding ``models/<id>/<file>``."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    kind: Literal["bundle"] = "bundle"
+    path: Path
+
+    def describe(self) -> str:
+        """A short human-readable name of the source."""
+        return f"bundle {self.path}"
+
+
+class PackageSource(BaseModel):
+    """A folder inside an installed Python package, for weights that ship in a wheel (facenet-pytorch's MTCNN)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    kind: Literal["package"] = "package"
+    package: str
+    path: str = ""
+
+    @field_validator("path")
+    @classmethod
+    def _inside_package(cls, value: str) -> str:
+        posix = value.replace("\\", "/")
+        if posix.startswith("/") or ":" in posix or ".." in PurePosixPath(posix).parts:
+            raise ValueError(f"package path {value!r} must be a relative folder inside the package")
+        return posix
+
+    def folder(self) -> Path:
+        """The folder on disk, found without importing a top-level package; ``SourceError`` when not installed."""
+        try:
+            spec = importlib.util.find_spec(self.package)
+        except (ImportError, ValueError) as exc:
+            raise SourceError(f"package {self.package} cannot be found: {exc}") from exc
+        if spec is None or not spec.submodule_search_locations:
+            raise SourceError(f"package {self.package} is not installed")
+        return Path(next(iter(spec.submodule_search_locations))) / self.path
+
+    def describe(self) -> str:
+        """A short human-readable name of the source."""
+        return f"package {self.package}/{self.path}"
+
+
+Source = Annotated[LocalSource | UrlSource | HfSource | BundleSource | PackageSource, Field(discriminator="kind")]
 
 
 class ModelEntry(BaseModel):
@@ -211,7 +261,8 @@ class ModelStatus:
 
 
 def load_catalog(paths: list[Path]) -> dict[str, ModelEntry]:
-    """Read and merge catalog files in order; a later entry replaces an earlier one with the same id.
+    """Read and merge catalog files (TOML, or JSON as written by bundle import) in order; a later entry
+    replaces an earlier one with the same id.
 
     Missing files among ``paths`` are skipped; relative ``local`` source paths are taken relative to their catalog.
     """
@@ -221,12 +272,13 @@ def load_catalog(paths: list[Path]) -> dict[str, ModelEntry]:
             log.debug("model catalog %s does not exist; skipped", path)
             continue
         try:
-            raw = tomllib.loads(path.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+            text = path.read_text(encoding="utf-8")
+            raw = json.loads(text) if path.suffix == ".json" else tomllib.loads(text)
+        except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError, json.JSONDecodeError) as exc:
             raise CatalogError(f"cannot read model catalog {path}: {exc}") from exc
         for item in raw.get("model", []):
             for source in item.get("sources", []):
-                if source.get("kind") == "local" and "path" in source:
+                if source.get("kind") in ("local", "bundle") and "path" in source:
                     source["path"] = (path.parent / Path(source["path"]).expanduser()).resolve()
             try:
                 entry = ModelEntry.model_validate(item)
@@ -275,6 +327,31 @@ class ModelStore:
     def folder(self, model_id: str) -> Path:
         """The cache folder of one model (it may not exist yet)."""
         return self.root / model_id
+
+    def sha256_in_cache(self, model_id: str, model_file: ModelFile) -> str:
+        """The sha256 of a present file of a model (hashed once per process)."""
+        digest = self._digest(self.status(model_id).folder / model_file.name)
+        if digest is None:
+            raise ModelUnavailableError(model_id, f"{model_file.name} of {model_id!r} is not in the cache")
+        return digest
+
+    def reload_catalog(self) -> None:
+        """Read the catalog files again (after a bundle import added one)."""
+        with self._lock:
+            self._catalog = None
+
+    def install_file(
+        self,
+        model_id: str,
+        model_file: ModelFile,
+        chunks: contextlib.AbstractContextManager[tuple[Iterator[bytes], int | None]],
+        progress: ProgressCallback | None = None,
+    ) -> None:
+        """Install one file of a model from a stream, verified against ``model_file.sha256``."""
+        if model_file.sha256 is None:
+            raise ChecksumMismatchError(model_file.name, "a sha256", "none given")
+        with self._model_lock(model_id):
+            self._install(self.folder(model_id), model_file, chunks, progress)
 
     def _entries(self) -> dict[str, ModelEntry]:
         with self._lock:
@@ -334,13 +411,13 @@ class ModelStore:
             for source in entry.sources:
                 if isinstance(source, LocalSource) and source.in_place:
                     continue
-                if not isinstance(source, LocalSource) and not downloads:
+                if isinstance(source, UrlSource | HfSource) and not downloads:
                     attempts.append(f"{source.describe()}: downloads are off")
                     continue
                 try:
                     for model_file in missing:
                         self._fetch(folder, model_file, source, progress)
-                except (SourceError, ChecksumMismatchError, httpx.HTTPError, OSError) as exc:
+                except (SourceError, ChecksumMismatchError, DownloadError, TransientDownloadError, OSError) as exc:
                     log.warning("model %s: %s failed: %s", model_id, source.describe(), exc)
                     attempts.append(f"{source.describe()}: {exc}")
                 missing = self._missing(entry, folder)
@@ -480,17 +557,44 @@ class ModelStore:
         self,
         folder: Path,
         model_file: ModelFile,
-        source: LocalSource | UrlSource | HfSource,
+        source: LocalSource | UrlSource | HfSource | BundleSource | PackageSource,
         progress: ProgressCallback | None,
     ) -> None:
-        if isinstance(source, LocalSource):
-            origin = source.path / model_file.name
+        if isinstance(source, LocalSource | PackageSource):
+            origin = (source.path if isinstance(source, LocalSource) else source.folder()) / model_file.name
             if not origin.is_file():
                 raise SourceError(f"{origin} does not exist")
-            chunks: contextlib.AbstractContextManager[tuple[Iterator[bytes], int | None]] = _read_file(origin)
+            self._install(folder, model_file, _read_file(origin), progress)
+        elif isinstance(source, BundleSource):
+            self._install(folder, model_file, read_bundle_member(source.path, folder.name, model_file.name), progress)
         else:
-            chunks = _download(source.url_for(model_file.name), self.settings.download_timeout_s)
-        self._install(folder, model_file, chunks, progress)
+            self._download(folder, model_file, source.url_for(model_file.name), progress)
+
+    def _download(self, folder: Path, model_file: ModelFile, url: str, progress: ProgressCallback | None) -> None:
+        """Download into a partial file that survives failures (the next try resumes it), then verify and rename."""
+        folder.mkdir(parents=True, exist_ok=True)
+        part = folder / f".{model_file.name}{PARTIAL_SUFFIX}"
+        name = model_file.name
+        download_resumable(
+            url,
+            part,
+            timeout_s=self.settings.download_timeout_s,
+            attempts=self.settings.download_attempts,
+            expected_size=model_file.size,
+            progress=(lambda done, total: progress(name, done, total)) if progress is not None else None,
+        )
+        digest = sha256_of(part)
+        expected = self._expected(folder, model_file)
+        if expected is not None and digest != expected:
+            part.unlink(missing_ok=True)  # bad bytes must not be resumed
+            raise ChecksumMismatchError(model_file.name, expected, digest)
+        final = folder / model_file.name
+        part.replace(final)
+        if expected is None:
+            self._write_pin(folder, model_file, digest)
+        stat = final.stat()
+        with self._lock:
+            self._verified[final] = (stat.st_size, stat.st_mtime_ns, digest)
 
     def _install(
         self,
@@ -543,7 +647,7 @@ class ModelStore:
             facts = [f"sha256 {model_file.sha256}" if model_file.sha256 else "sha256 not published"]
             if model_file.size is not None:
                 facts.append(f"{model_file.size} bytes")
-            urls = [s.url_for(model_file.name) for s in entry.sources if not isinstance(s, LocalSource)]
+            urls = [s.url_for(model_file.name) for s in entry.sources if isinstance(s, UrlSource | HfSource)]
             if urls:
                 facts.append("from " + " or ".join(urls))
             lines.append(f"  - {model_file.name} ({'; '.join(facts)})")
@@ -564,11 +668,20 @@ def _read_file(path: Path) -> Iterator[tuple[Iterator[bytes], int | None]]:
 
 
 @contextlib.contextmanager
-def _download(url: str, timeout_s: float) -> Iterator[tuple[Iterator[bytes], int | None]]:
-    with (
-        httpx.Client(timeout=timeout_s, follow_redirects=True) as client,
-        client.stream("GET", url) as response,
-    ):
-        response.raise_for_status()
-        length = response.headers.get("content-length")
-        yield response.iter_bytes(CHUNK_BYTES), int(length) if length and length.isdigit() else None
+def read_bundle_member(bundle: Path, model_id: str, name: str) -> Iterator[tuple[Iterator[bytes], int | None]]:
+    """Stream ``models/<model_id>/<name>`` out of an offline bundle; only regular files are read."""
+    member_name = f"{BUNDLE_MODELS_DIR}/{model_id}/{name}"
+    try:
+        archive = tarfile.open(bundle, mode="r:*")  # noqa: SIM115 - closed by the with-block below
+    except (OSError, tarfile.TarError) as exc:
+        raise SourceError(f"cannot open bundle {bundle}: {exc}") from exc
+    with archive:
+        try:
+            member = archive.getmember(member_name)
+        except KeyError:
+            raise SourceError(f"bundle {bundle} has no {member_name}") from None
+        handle = archive.extractfile(member) if member.isfile() else None
+        if handle is None:
+            raise SourceError(f"{member_name} in bundle {bundle} is not a regular file")
+        with handle:
+            yield iter(lambda: handle.read(CHUNK_BYTES), b""), member.size
