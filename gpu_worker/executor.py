@@ -3,22 +3,32 @@
 One bad item gets per-item errors and the batch goes on; an analyzer that cannot run here (unknown, or its weights
 missing) is reported in ``unavailable`` and the other analyzers still run. Analyzers are loaded once and kept for
 the life of the executor. ``run`` blocks; call it from a worker thread, never on an event loop.
+
+Picture analyzers get decoded images and video frames, batched across the items of a chunk; audio analyzers get one
+clip per audio or video item (a video's sound track once, not per frame), decoded only when one of them is active.
+
+Throughput: items are fetched and decoded on a thread pool while the analyzers run on the previous chunk, so the
+device is not idle during JPEG decoding; a batch that runs out of GPU memory is split in halves and retried rather
+than failed; the device and its torch settings are chosen once.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import tempfile
 import threading
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import httpx
 
+from gpu_worker.audio import decode_audio
 from gpu_worker.contract import (
     AnalyzerOutput,
     BatchManifest,
@@ -29,10 +39,12 @@ from gpu_worker.contract import (
     MediaKind,
 )
 from gpu_worker.decode import DecodedItem, decode_item
+from gpu_worker.device import DeviceInfo, choose_device, configure_torch
 from gpu_worker.errors import DecodeError, DecodeErrorCode, ModelLoadError, ModelUnavailableError, WorkerError
 from gpu_worker.models import ANALYZERS, analyzer_class
-from gpu_worker.models.base import Analyzer, InvalidOptionsError
-from gpu_worker.settings import DeviceChoice, WorkerSettings, get_settings
+from gpu_worker.models.base import Analyzer, AnalyzerInput, InvalidOptionsError
+from gpu_worker.offline import enforce_offline_libraries
+from gpu_worker.settings import WorkerSettings, get_settings
 from gpu_worker.store import ModelStore
 
 log = logging.getLogger(__name__)
@@ -44,17 +56,37 @@ UNAVAILABLE_RETRY_S = 60.0
 RUN_ERRORS: tuple[type[BaseException], ...] = (RuntimeError, ValueError, OSError)
 
 
-def choose_device(choice: DeviceChoice) -> str:
-    """``cuda`` when asked for or when ``auto`` finds a GPU, else ``cpu``."""
-    if choice is DeviceChoice.CPU:
-        return "cpu"
+OUT_OF_MEMORY = "out_of_memory"
+MAX_DECODE_WORKERS = 8
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """torch's CUDA out-of-memory error (a RuntimeError), recognised without importing torch."""
+    return type(exc).__name__ == "OutOfMemoryError" or "out of memory" in str(exc).lower()
+
+
+def _release_cached_memory() -> None:
     import torch
 
     if torch.cuda.is_available():
-        return "cuda"
-    if choice is DeviceChoice.CUDA:
-        raise WorkerError("GPUW_DEVICE=cuda, but torch sees no CUDA device")
-    return "cpu"
+        torch.cuda.empty_cache()
+
+
+@dataclass
+class _Prepared:
+    """One item after the decode pool: its local file and decoded frames, or why it failed."""
+
+    path: Path | None = None
+    decoded: DecodedItem | None = None
+    fetch_error: DecodeError | None = None
+    decode_error: DecodeError | None = None
+    temp_files: list[Path] = field(default_factory=list)
+
+
+def _fail(result: ItemResult, analyzers: Sequence[str], exc: DecodeError) -> None:
+    """Record why an item could not be fetched or decoded, for each analyzer that wanted it."""
+    for name in analyzers:
+        result.errors[name] = ItemError(code=exc.code, message=exc.message)
 
 
 @dataclass
@@ -68,8 +100,10 @@ class InProcessExecutor:
 
     def __init__(self, settings: WorkerSettings | None = None, store: ModelStore | None = None) -> None:
         self.settings = settings or get_settings()
+        enforce_offline_libraries(self.settings)
         self.store = store or ModelStore(self.settings)
         self._device: str | None = None
+        self.device_info: DeviceInfo | None = None
         self._lock = threading.Lock()
         self._analyzers: dict[tuple[str, str], Analyzer] = {}
         self._loading: dict[tuple[str, str], threading.Lock] = {}
@@ -80,8 +114,9 @@ class InProcessExecutor:
         """The device every analyzer of this executor runs on, chosen once."""
         with self._lock:
             if self._device is None:
-                self._device = choose_device(self.settings.device)
-                log.info("inference device: %s", self._device)
+                device = choose_device(self.settings.device)
+                self.device_info = configure_torch(device, self.settings)
+                self._device = device
             return self._device
 
     def analyzer(self, name: str, model_id: str | None = None) -> Analyzer:
@@ -110,6 +145,8 @@ class InProcessExecutor:
                 with self._lock:
                     self._unavailable[key] = _Unavailable(exc, time.monotonic())
                 raise
+            if self.device == "cuda" or self.settings.warm_up_on_load:
+                log.info("analyzer %s warmed up in %.2f s", name, analyzer.warm_up())
             with self._lock:
                 self._analyzers[key] = analyzer
                 self._unavailable.pop(key, None)
@@ -134,9 +171,31 @@ class InProcessExecutor:
                 unavailable[name] = exc.summary
 
         chunk_size = max(1, self.settings.decode_chunk_items)
-        for start in range(0, len(manifest.items), chunk_size):
-            indices = range(start, min(start + chunk_size, len(manifest.items)))
-            self._run_chunk(manifest, indices, active, results)
+        chunks = [
+            range(start, min(start + chunk_size, len(manifest.items)))
+            for start in range(0, len(manifest.items), chunk_size)
+        ]
+        if active and chunks:
+            with (
+                tempfile.TemporaryDirectory(prefix="gpuw-items-") as tmp,
+                ThreadPoolExecutor(self._decode_workers(), thread_name_prefix="gpuw-decode") as pool,
+            ):
+                # The next chunk is fetched and decoded while this one is analyzed.
+                pending = self._submit(pool, manifest, chunks[0], active, Path(tmp))
+                for number in range(len(chunks)):
+                    upcoming = (
+                        self._submit(pool, manifest, chunks[number + 1], active, Path(tmp))
+                        if number + 1 < len(chunks)
+                        else {}
+                    )
+                    prepared = {index: future.result() for index, future in pending.items()}
+                    try:
+                        self._analyze_chunk(manifest, prepared, active, results)
+                    finally:
+                        for item in prepared.values():
+                            for temp in item.temp_files:
+                                temp.unlink(missing_ok=True)
+                    pending = upcoming
 
         elapsed = time.perf_counter() - started
         log.info(
@@ -152,30 +211,79 @@ class InProcessExecutor:
             batch_id=manifest.batch_id, items=results, unavailable=unavailable, device=device, elapsed_s=elapsed
         )
 
-    def _run_chunk(
-        self, manifest: BatchManifest, indices: range, active: Mapping[str, Analyzer], results: list[ItemResult]
-    ) -> None:
-        decoded: dict[int, DecodedItem] = {}
-        with tempfile.TemporaryDirectory(prefix="gpuw-items-") as tmp:
-            for index in indices:
-                item = manifest.items[index]
-                wanted = [name for name, analyzer in active.items() if analyzer.applies_to(item.media_kind)]
-                if not wanted:
-                    continue
-                try:
-                    path = self._local_path(item, Path(tmp), index)
-                    decoded[index] = decode_item(
-                        path,
-                        item.media_kind,
-                        max_pixels=self.settings.max_image_pixels,
-                        max_side_px=self.settings.max_decode_side_px,
-                        video_frames=self.settings.video_frames,
-                    )
-                except DecodeError as exc:
-                    for name in wanted:
-                        results[index].errors[name] = ItemError(code=exc.code, message=exc.message)
+    def _decode_workers(self) -> int:
+        return self.settings.decode_workers or min(MAX_DECODE_WORKERS, os.cpu_count() or 1)
 
-        for name, analyzer in active.items():
+    @staticmethod
+    def _wanted(analyzers: Mapping[str, Analyzer], consumes: AnalyzerInput, kind: MediaKind) -> list[str]:
+        return [n for n, a in analyzers.items() if a.consumes is consumes and a.applies_to(kind)]
+
+    def _submit(
+        self,
+        pool: ThreadPoolExecutor,
+        manifest: BatchManifest,
+        indices: range,
+        active: Mapping[str, Analyzer],
+        tmp: Path,
+    ) -> dict[int, Future[_Prepared]]:
+        futures: dict[int, Future[_Prepared]] = {}
+        for index in indices:
+            item = manifest.items[index]
+            see = self._wanted(active, AnalyzerInput.IMAGE, item.media_kind)
+            hear = self._wanted(active, AnalyzerInput.AUDIO, item.media_kind)
+            if see or hear:
+                futures[index] = pool.submit(self._prepare, item, index, tmp, decode_frames=bool(see))
+        return futures
+
+    def _prepare(self, item: ManifestItem, index: int, tmp: Path, *, decode_frames: bool) -> _Prepared:
+        """Fetch one item and decode its frames (on a pool thread); failures are kept, never raised."""
+        prepared = _Prepared()
+        try:
+            prepared.path = self._local_path(item, tmp, index)
+        except DecodeError as exc:
+            prepared.fetch_error = exc
+            return prepared
+        if item.path is None:
+            prepared.temp_files.append(prepared.path)
+        if decode_frames:
+            try:
+                prepared.decoded = decode_item(
+                    prepared.path,
+                    item.media_kind,
+                    max_pixels=self.settings.max_image_pixels,
+                    max_side_px=self.settings.max_decode_side_px,
+                    video_frames=self.settings.video_frames,
+                )
+            except DecodeError as exc:
+                prepared.decode_error = exc
+        return prepared
+
+    def _analyze_chunk(
+        self,
+        manifest: BatchManifest,
+        prepared: Mapping[int, _Prepared],
+        active: Mapping[str, Analyzer],
+        results: list[ItemResult],
+    ) -> None:
+        pictures = {name: a for name, a in active.items() if a.consumes is AnalyzerInput.IMAGE}
+        sounds = {name: a for name, a in active.items() if a.consumes is AnalyzerInput.AUDIO}
+        decoded: dict[int, DecodedItem] = {}
+        for index, item in prepared.items():
+            kind = manifest.items[index].media_kind
+            see = self._wanted(pictures, AnalyzerInput.IMAGE, kind)
+            hear = self._wanted(sounds, AnalyzerInput.AUDIO, kind)
+            if item.fetch_error is not None:
+                _fail(results[index], [*see, *hear], item.fetch_error)
+                continue
+            if item.decode_error is not None:
+                _fail(results[index], see, item.decode_error)
+            elif item.decoded is not None:
+                decoded[index] = item.decoded
+            if hear and item.path is not None:
+                # Decoded here, one item at a time: one clip can hold hours of samples.
+                self._run_audio(item.path, kind, {n: sounds[n] for n in hear}, manifest, results[index])
+
+        for name, analyzer in pictures.items():
             work = [(i, frame) for i, d in decoded.items() if analyzer.applies_to(d.kind) for frame in d.frames]
             if not work:
                 continue
@@ -185,6 +293,27 @@ class InProcessExecutor:
                 per_item.setdefault(index, []).append((frame.timestamp_s, output))
             for index, frame_outputs in per_item.items():
                 results[index] = self._merge(analyzer, name, decoded[index], frame_outputs, results[index])
+
+    def _run_audio(
+        self,
+        path: Path,
+        kind: MediaKind,
+        analyzers: Mapping[str, Analyzer],
+        manifest: BatchManifest,
+        result: ItemResult,
+    ) -> None:
+        """Decode the item's sound once and give the one clip to every audio analyzer; errors stay with this item."""
+        try:
+            clip = decode_audio(path, kind, max_duration_s=self.settings.max_audio_duration_s)
+        except DecodeError as exc:
+            _fail(result, list(analyzers), exc)
+            return
+        for name, analyzer in analyzers.items():
+            (output,) = self._run_analyzer(analyzer, manifest.options.get(name, {}), [clip])
+            if isinstance(output, ItemError):
+                result.errors[name] = output
+            else:
+                result.outputs[name] = output
 
     @staticmethod
     def _merge(
@@ -204,21 +333,36 @@ class InProcessExecutor:
             result.outputs[name] = good[0][1]
         return result
 
-    @staticmethod
+    @classmethod
     def _run_analyzer(
-        analyzer: Analyzer, options: Mapping[str, Any], images: list[Any]
+        cls, analyzer: Analyzer, options: Mapping[str, Any], inputs: list[Any]
     ) -> list[AnalyzerOutput | ItemError]:
-        """Run the whole list at once; if that fails, image by image, so that one bad input fails alone."""
+        """Run the whole list at once. Out of GPU memory, split it in halves and retry; on any other failure, run
+        input by input, so that one bad input fails alone."""
         try:
-            return list(analyzer.run(images, options))
+            return list(analyzer.run(inputs, options))
         except InvalidOptionsError as exc:
-            return [ItemError(code=exc.code, message=exc.message)] * len(images)
+            return [ItemError(code=exc.code, message=exc.message)] * len(inputs)
         except RUN_ERRORS as exc:
-            log.warning("analyzer %s failed on a batch of %d; retrying one by one: %s", analyzer.name, len(images), exc)
+            if is_out_of_memory(exc):
+                _release_cached_memory()
+                if len(inputs) == 1:
+                    return [
+                        ItemError(code=OUT_OF_MEMORY, message=f"{analyzer.name} ran out of GPU memory on this item")
+                    ]
+                half = len(inputs) // 2
+                log.warning("analyzer %s ran out of memory on %d inputs; splitting", analyzer.name, len(inputs))
+                return [
+                    *cls._run_analyzer(analyzer, options, inputs[:half]),
+                    *cls._run_analyzer(analyzer, options, inputs[half:]),
+                ]
+            log.warning("analyzer %s failed on a batch of %d: %s", analyzer.name, len(inputs), exc)
+            if len(inputs) == 1:  # nothing to isolate, and an audio clip can take minutes to run again
+                return [ItemError(code=ANALYZER_FAILED, message=f"{analyzer.name} failed: {exc}")]
         outputs: list[AnalyzerOutput | ItemError] = []
-        for image in images:
+        for one in inputs:
             try:
-                outputs.extend(analyzer.run([image], options))
+                outputs.extend(analyzer.run([one], options))
             except RUN_ERRORS as exc:
                 outputs.append(ItemError(code=ANALYZER_FAILED, message=f"{analyzer.name} failed: {exc}"))
         return outputs

@@ -1,8 +1,12 @@
-"""The analyzer base class: one model family, loaded once, run on batches of images.
+"""The analyzer base class: one model family, loaded once, run on batches of inputs.
 
 The base owns what every analyzer needs the same way: resolving weights through the model store, one retry after
 clearing a cache that may be corrupt, and timing of loads and runs. A subclass implements ``_load`` and ``_run``.
 Both block; callers keep them off any event loop.
+
+Most analyzers look at pictures (``consumes = AnalyzerInput.IMAGE``: decoded images and video frames, one output per
+picture); speech analyzers listen (``AnalyzerInput.AUDIO``: one :class:`~gpu_worker.audio.AudioClip` per item, the
+whole file or a video's whole sound track). The executor decodes only what the active analyzers consume.
 """
 
 from __future__ import annotations
@@ -15,10 +19,11 @@ import zipfile
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from enum import StrEnum
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Generic
 
-from PIL import Image
+from typing_extensions import TypeVar
 
 from gpu_worker.contract import AnalyzerOutput, MediaKind, TagScore
 from gpu_worker.errors import ModelLoadError, ModelUnavailableError, WorkerError
@@ -39,6 +44,18 @@ LOAD_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 
+# A bare ``Analyzer`` (the executor's view, and subclasses that do not say) takes any input.
+InputT = TypeVar("InputT", default=Any)
+"""What one analyzer input is: a PIL image for picture analyzers, an ``AudioClip`` for speech analyzers."""
+
+
+class AnalyzerInput(StrEnum):
+    """What an analyzer consumes, which decides what the executor decodes for it."""
+
+    IMAGE = "image"  # RGB PIL images: a picture, or the sampled frames of a video
+    AUDIO = "audio"  # an AudioClip: the sound of an audio file or of a video, once per item
+
+
 class InvalidOptionsError(WorkerError):
     """The analyzer options of a batch are invalid; every item of the batch gets this error."""
 
@@ -50,17 +67,18 @@ class RunStats:
     """Cumulative run timing of one analyzer, for logs and the worker's info endpoint."""
 
     calls: int = 0
-    images: int = 0
+    images: int = 0  # inputs analyzed: images and video frames, or audio clips
     seconds: float = 0.0
     last_s: float = 0.0
 
 
-class Analyzer(ABC):
-    """One model family. ``load(device)`` once, then ``run(images, options)`` from any thread."""
+class Analyzer(ABC, Generic[InputT]):
+    """One model family. ``load(device)`` once, then ``run(inputs, options)`` from any thread."""
 
     name: ClassVar[str]
     family: ClassVar[ModelFamily]
     media_kinds: ClassVar[frozenset[MediaKind]]
+    consumes: ClassVar[AnalyzerInput] = AnalyzerInput.IMAGE
     load_errors: ClassVar[tuple[type[BaseException], ...]] = LOAD_ERRORS
 
     def __init__(self, store: ModelStore, model_id: str) -> None:
@@ -131,21 +149,42 @@ class Analyzer(ABC):
             self.store.invalidate(self.model_id)
         return True
 
-    def run(self, images: Sequence[Image.Image], options: Mapping[str, Any]) -> list[AnalyzerOutput]:
-        """One output per image, in order. Raises ``InvalidOptionsError`` for bad options."""
+    def run(self, inputs: Sequence[InputT], options: Mapping[str, Any]) -> list[AnalyzerOutput]:
+        """One output per input (image or audio clip), in order. Raises ``InvalidOptionsError`` for bad options."""
         if not self.loaded:
             raise RuntimeError(f"analyzer {self.name} is not loaded")
         started = time.perf_counter()
-        outputs = self._run(images, options)
-        if len(outputs) != len(images):
-            raise RuntimeError(f"analyzer {self.name} returned {len(outputs)} outputs for {len(images)} images")
+        outputs = self._run(inputs, options)
+        if len(outputs) != len(inputs):
+            raise RuntimeError(f"analyzer {self.name} returned {len(outputs)} outputs for {len(inputs)} inputs")
         elapsed = time.perf_counter() - started
         with self._stats_lock:
             self.stats.calls += 1
-            self.stats.images += len(images)
+            self.stats.images += len(inputs)
             self.stats.seconds += elapsed
             self.stats.last_s = elapsed
         return outputs
+
+    # Options for the warm-up batch (e.g. no voice activity filter, so that a speech model really runs).
+    warm_up_options: ClassVar[Mapping[str, Any]] = {}
+
+    def warm_up(self) -> float:
+        """Run one small generated input through the model (kernel selection, memory pools); returns seconds."""
+        started = time.perf_counter()
+        self.run([self._warm_up_input()], self.warm_up_options)
+        return time.perf_counter() - started
+
+    def _warm_up_input(self) -> Any:
+        if self.consumes is AnalyzerInput.AUDIO:
+            import numpy as np
+
+            from gpu_worker.audio import SAMPLE_RATE_HZ, AudioClip
+
+            tone = np.sin(np.linspace(0, 440 * 2 * np.pi, SAMPLE_RATE_HZ, dtype=np.float32)) * 0.1
+            return AudioClip(samples=tone.astype(np.float32))
+        from PIL import Image
+
+        return Image.new("RGB", (320, 240), (120, 130, 140))
 
     def aggregate(self, frames: Sequence[tuple[float | None, AnalyzerOutput]]) -> AnalyzerOutput:
         """Combine the outputs of a video's frames: mean embedding (re-normalised), highest score per tag.
@@ -171,8 +210,8 @@ class Analyzer(ABC):
         """Load the model from the verified files in ``folder`` onto ``device``."""
 
     @abstractmethod
-    def _run(self, images: Sequence[Image.Image], options: Mapping[str, Any]) -> list[AnalyzerOutput]:
-        """Analyze a batch of RGB images."""
+    def _run(self, inputs: Sequence[InputT], options: Mapping[str, Any]) -> list[AnalyzerOutput]:
+        """Analyze a batch of inputs: RGB images, or audio clips when ``consumes`` is ``AnalyzerInput.AUDIO``."""
 
 
 def _mean_normalised(vectors: Sequence[Sequence[float]]) -> list[float]:
