@@ -17,6 +17,7 @@ from orchestrator.security import generate_token
 
 FIRST_KEY_FILE = "first-api-key.txt"
 ADMIN_TOKEN_FILE = "admin-token.txt"  # noqa: S105 - a file name, not a secret
+SECRET_KEY_FILE = "secret-key.txt"  # noqa: S105 - a file name; the key signs media URLs for workers
 DEFAULT_TENANT = "default"
 
 console = Console()
@@ -35,11 +36,11 @@ def prepare_embedded(data_dir: Path) -> tuple[str, str]:
     """
     data_dir.mkdir(parents=True, exist_ok=True)
     os.environ["ORCH_DATA_DIR"] = str(data_dir)
-    admin_file = data_dir / ADMIN_TOKEN_FILE
-    if not admin_file.exists():
-        _write_secret(admin_file, generate_token())
-    admin_token = admin_file.read_text(encoding="utf-8").strip()
-    os.environ.setdefault("ORCH_ADMIN_TOKEN", admin_token)
+    for file_name, variable in ((ADMIN_TOKEN_FILE, "ORCH_ADMIN_TOKEN"), (SECRET_KEY_FILE, "ORCH_SECRET_KEY")):
+        secret_file = data_dir / file_name
+        if not secret_file.exists():
+            _write_secret(secret_file, generate_token())
+        os.environ.setdefault(variable, secret_file.read_text(encoding="utf-8").strip())
 
     from orchestrator.settings import get_settings
 

@@ -14,7 +14,7 @@ from orchestrator.db.models import Asset, Job, Result, ResultTag
 from orchestrator.enums import AssetStatus, JobStatus
 from orchestrator.errors import ConflictError, NotFoundError
 
-KNOWN_ANALYZERS = ("clip", "objects", "faces", "transcribe")
+KNOWN_ANALYZERS = ("clip", "objects", "faces", "transcribe", "nsfw")
 
 
 @dataclass(frozen=True)

@@ -41,6 +41,7 @@ class Settings(BaseSettings):
 
     api_host: str = "127.0.0.1"
     api_port: int = 8000
+    # The base URL that workers use to reach this API (signed media URLs); default http://api_host:api_port.
     public_url: str = ""
 
     max_upload_bytes: int = 2 * 1024**3
@@ -58,6 +59,14 @@ class Settings(BaseSettings):
     visibility_timeout_s: int = 3600
     reaper_interval_s: float = 15.0
 
+    # A GPU worker started with `gpu-worker serve` (this machine or the LAN); batches try it before the CPU.
+    local_worker_url: str = ""
+    local_worker_token: str = ""
+    local_worker_timeout_s: float = 900.0
+    # Signed media URLs handed to workers stay valid this long; the executor fetches a batch's last items near the
+    # end of the batch, so this must cover a whole batch, and the task hard time limit bounds that.
+    media_url_ttl_s: float = 1800.0
+
     @model_validator(mode="after")
     def _fill_embedded_defaults(self) -> Settings:
         if not self.database_url:
@@ -70,6 +79,10 @@ class Settings(BaseSettings):
                     raise ValueError(
                         f"{name} must be a real secret of at least {MIN_SECRET_CHARS} characters in production"
                     )
+        if self.environment == "production" and self.local_worker_url and not self.local_worker_token:
+            raise ValueError("ORCH_LOCAL_WORKER_TOKEN is required with ORCH_LOCAL_WORKER_URL in production")
+        if self.media_url_ttl_s <= 0:
+            raise ValueError("media_url_ttl_s must be positive")
         if self.visibility_timeout_s <= self.task_hard_time_limit_s:
             raise ValueError("visibility_timeout_s must be larger than task_hard_time_limit_s")
         return self
@@ -78,6 +91,17 @@ class Settings(BaseSettings):
     def media_dir(self) -> Path:
         """Root of the local media store."""
         return self.data_dir / "media"
+
+    @property
+    def media_base_url(self) -> str:
+        """Where workers reach this API: ``public_url``, else the API's own address (loopback for a wildcard)."""
+        if self.public_url:
+            return self.public_url.rstrip("/")
+        # A wildcard is where the API listens, not an address to connect to.
+        host = "127.0.0.1" if self.api_host in ("0.0.0.0", "::", "") else self.api_host  # noqa: S104
+        if ":" in host:
+            host = f"[{host}]"
+        return f"http://{host}:{self.api_port}"
 
     @property
     def is_embedded(self) -> bool:

@@ -3,10 +3,15 @@
 Options (``manifest.options["clip"]``): ``model`` (catalog id), ``vocabulary`` (a name from
 ``config/vocabularies`` or an inline ``{category: [labels]}``), ``threshold`` (default 0.15), ``top_k`` per
 category (default 3), ``batch_size`` (default 32), ``nsfw`` (default true).
+
+``nsfw_score`` comes from CLIP prompts. When ``settings.nsfw_model`` names a classifier (the open_nsfw ONNX model by
+default), ``nsfw_classifier_score`` is added from it; if that model cannot be had, CLIP works on and the payload's
+``nsfw_classifier_unavailable`` says why.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
@@ -20,14 +25,18 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from safetensors import SafetensorError
 
 from gpu_worker.contract import AnalyzerOutput, MediaKind, TagScore
+from gpu_worker.errors import WorkerError
 from gpu_worker.models.base import LOAD_ERRORS, Analyzer, InvalidOptionsError
+from gpu_worker.models.nsfw import NsfwAnalyzer
 from gpu_worker.models.open_clip_loader import LoadedClip, load_open_clip
 from gpu_worker.settings import WorkerSettings
 from gpu_worker.store import ModelEntry, ModelFamily, ModelStore
 from gpu_worker.vocabulary import Vocabulary, VocabularyError, inline_vocabulary, load_vocabulary
 
+log = logging.getLogger(__name__)
+
 DEFAULT_VOCABULARY = "default"
-# Prompt ensembles for the interim NSFW score (a dedicated classifier comes later); index 1 is "explicit".
+# Prompt ensembles for the prompt-based NSFW score (the dedicated classifier adds its own); index 1 is "explicit".
 NSFW_PROMPTS: tuple[tuple[str, ...], tuple[str, ...]] = (
     ("a photo.", "a safe for work photo.", "a family friendly photo.", "a photo of people wearing clothes."),
     ("a nude photo.", "an explicit pornographic photo.", "a photo of sexual activity.", "a photo of naked bodies."),
@@ -75,6 +84,8 @@ class ClipAnalyzer(Analyzer):
         self._vocab_cache: OrderedDict[str, dict[str, _EncodedCategory]] = OrderedDict()
         self._nsfw_features: torch.Tensor | None = None
         self._cache_lock = threading.Lock()
+        self.nsfw_classifier: NsfwAnalyzer | None = None
+        self.nsfw_classifier_error: str | None = None
 
     @classmethod
     def default_model(cls, settings: WorkerSettings) -> str:
@@ -99,6 +110,22 @@ class ClipAnalyzer(Analyzer):
             self._clip = clip
             self._vocab_cache.clear()
             self._nsfw_features = None
+        self._load_nsfw_classifier(device)
+
+    def _load_nsfw_classifier(self, device: str) -> None:
+        """Load the configured NSFW classifier; its absence is recorded, never fatal to CLIP."""
+        model_id = self.settings.nsfw_model
+        self.nsfw_classifier, self.nsfw_classifier_error = None, None
+        if not model_id:
+            return
+        classifier = NsfwAnalyzer(self.store, model_id)
+        try:
+            classifier.load(device)
+        except WorkerError as exc:  # missing or broken weights, an unknown id, a wrong catalog entry
+            log.warning("NSFW classifier %s unavailable; CLIP goes on without it: %s", model_id, exc.message)
+            self.nsfw_classifier_error = exc.summary
+            return
+        self.nsfw_classifier = classifier
 
     def _loaded(self) -> LoadedClip:
         if self._clip is None:
@@ -204,8 +231,11 @@ class ClipAnalyzer(Analyzer):
         categories = self._encoded_vocabulary(vocabulary)
         features = self.encode_images(images, opts.batch_size)
         nsfw_scores: list[float] | None = None
+        classifier_scores: list[float] | None = None
         if opts.nsfw:
             nsfw_scores = (self._logit_scale * features @ self._nsfw().T).softmax(dim=-1)[:, 1].tolist()
+            if self.nsfw_classifier is not None:
+                classifier_scores = self.nsfw_classifier.scores(images, opts.batch_size)
 
         per_category = {name: self.category_scores(features, cat).tolist() for name, cat in categories.items()}
         outputs = []
@@ -225,14 +255,22 @@ class ClipAnalyzer(Analyzer):
             payload: dict[str, Any] = {"vocabulary": vocabulary.name, "categories": top}
             if nsfw_scores is not None:
                 payload["nsfw_score"] = round(nsfw_scores[row], 6)
+                if classifier_scores is not None:
+                    payload["nsfw_classifier_score"] = round(classifier_scores[row], 6)
+                elif self.nsfw_classifier_error is not None:
+                    payload["nsfw_classifier_unavailable"] = self.nsfw_classifier_error
             outputs.append(AnalyzerOutput(model_id=self.model_id, tags=tags, embedding=embedding, payload=payload))
         return outputs
 
     def aggregate(self, frames: Sequence[tuple[float | None, AnalyzerOutput]]) -> AnalyzerOutput:
-        """The base aggregation, plus the highest NSFW score of any frame."""
+        """The base aggregation, plus the highest NSFW scores (prompt-based and classifier) of any frame."""
         output = super().aggregate(frames)
-        scores = [o.payload["nsfw_score"] for _, o in frames if "nsfw_score" in o.payload]
-        if scores:
-            output.payload["nsfw_score"] = max(scores)
+        for key in ("nsfw_score", "nsfw_classifier_score"):
+            scores = [o.payload[key] for _, o in frames if key in o.payload]
+            if scores:
+                output.payload[key] = max(scores)
+        unavailable = frames[0][1].payload.get("nsfw_classifier_unavailable")
+        if unavailable is not None:
+            output.payload["nsfw_classifier_unavailable"] = unavailable
         output.payload["vocabulary"] = frames[0][1].payload.get("vocabulary")
         return output

@@ -12,12 +12,13 @@ from sqlalchemy import func, select, text
 
 from orchestrator import __version__
 from orchestrator.api.deps import AuthError, ForbiddenError
-from orchestrator.api.routes import admin, assets, jobs
+from orchestrator.api.routes import admin, assets, jobs, media
 from orchestrator.api.uploads import MalformedUploadError
 from orchestrator.db.models import Asset, Job
 from orchestrator.db.session import get_sessionmaker
 from orchestrator.errors import ConflictError, MediaAnalysisError, NotFoundError, UploadRejectedError
 from orchestrator.settings import Settings, get_settings
+from orchestrator.signing import MediaTokenError
 from orchestrator.storage import LocalStorage
 
 TEMPLATES = Jinja2Templates(directory=str(Path(__file__).with_name("templates")))
@@ -29,6 +30,7 @@ STATUS_BY_ERROR: dict[type[MediaAnalysisError], int] = {
     ConflictError: 409,
     MalformedUploadError: 400,
     UploadRejectedError: 422,
+    MediaTokenError: 403,
 }
 
 
@@ -65,6 +67,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     api.include_router(jobs.router)
     api.include_router(assets.router)
     app.include_router(api)
+    # Outside /api/v1: workers fetch media here with a signed token instead of a tenant key.
+    app.include_router(media.router)
 
     @app.get("/healthz", tags=["health"])
     def healthz() -> dict[str, str]:

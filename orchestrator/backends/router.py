@@ -6,6 +6,7 @@ from collections.abc import Sequence
 
 from orchestrator.backends.base import BatchBackend
 from orchestrator.enums import Backend
+from orchestrator.settings import Settings, get_settings
 
 DEFAULT_ORDER: tuple[Backend, ...] = (Backend.CLOUD, Backend.LOCAL, Backend.IN_PROCESS)
 
@@ -15,8 +16,15 @@ def route(available: dict[Backend, BatchBackend], order: Sequence[Backend] = DEF
     return [available[kind] for kind in order if kind in available]
 
 
-def available_backends() -> dict[Backend, BatchBackend]:
-    """The backends this process can use now. Cloud and local workers join this in later releases."""
+def available_backends(settings: Settings | None = None) -> dict[Backend, BatchBackend]:
+    """The backends this process can use now: a local worker when ``local_worker_url`` is set, and in-process."""
     from orchestrator.backends.in_process import InProcessBackend
 
-    return {Backend.IN_PROCESS: InProcessBackend()}
+    settings = settings or get_settings()
+    available: dict[Backend, BatchBackend] = {}
+    if settings.local_worker_url:
+        from orchestrator.backends.local import LocalWorkerBackend
+
+        available[Backend.LOCAL] = LocalWorkerBackend.from_settings(settings)
+    available[Backend.IN_PROCESS] = InProcessBackend()
+    return available

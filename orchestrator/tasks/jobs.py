@@ -89,7 +89,12 @@ def plan_job(job_id: str) -> int:
 
 
 def build_manifest(batch_id: uuid.UUID) -> tuple[BatchManifest, uuid.UUID]:
-    """The manifest of a batch with local paths (in-process backend), and the batch's job id."""
+    """The manifest of a batch, and the batch's job id.
+
+    Items carry local paths, which only the in-process backend reads; a backend on another process or machine
+    replaces them with signed media URLs itself (see ``LocalWorkerBackend.remote_manifest``), so that no path and no
+    credential leaves this machine.
+    """
     storage = _storage()
     with session_scope() as session:
         batch = session.get(Batch, batch_id)
