@@ -17,6 +17,11 @@ from pydantic_settings import (
 
 CONFIG_FILE = Path("config/gpu_worker.toml")
 DEFAULT_CLIP_MODEL = "clip-vit-b-32-openai"
+DEFAULT_TRANSCRIBE_MODEL = "faster-whisper-small"
+DEFAULT_NSFW_MODEL = "open-nsfw"
+DEFAULT_FACES_MODEL = "inception-resnet-v1-vggface2"
+DEFAULT_FACE_DETECTOR_MODEL = "mtcnn-facenet"
+DEFAULT_OBJECTS_MODEL = "yolo11n"
 
 
 class DeviceChoice(StrEnum):
@@ -49,27 +54,60 @@ class WorkerSettings(BaseSettings):
     # Merged over ``config_dir/models.toml`` in order; a later entry replaces an earlier one with the same id.
     catalog_paths: list[Path] = Field(default_factory=list)
     clip_model: str = DEFAULT_CLIP_MODEL
+    transcribe_model: str = DEFAULT_TRANSCRIBE_MODEL
+    # The dedicated NSFW classifier the clip analyzer adds to its prompt-based score; "" turns it off.
+    nsfw_model: str = DEFAULT_NSFW_MODEL
+    # The faces analyzer's model is its embedder; every embedder shares this detector.
+    faces_model: str = DEFAULT_FACES_MODEL
+    face_detector_model: str = DEFAULT_FACE_DETECTOR_MODEL
+    objects_model: str = DEFAULT_OBJECTS_MODEL
     device: DeviceChoice = DeviceChoice.AUTO
 
     # Hub and URL downloads happen only when allowed here or asked for with `gpu-worker models fetch`.
     allow_download: bool = False
     download_timeout_s: float = 60.0
+    # Tries per source before the next source is used; each try resumes the partial file.
+    download_attempts: int = 4
 
     # Checked from the image header before any pixel is decoded.
     max_image_pixels: int = 100_000_000
     # Decoded images are shrunk to this longest side; the analyzers of this milestone look at 224-448 px.
     max_decode_side_px: int = 1024
     video_frames: int = 4
+    # Sound beyond this is not decoded (16 kHz float32 mono: 230 MB per hour, held while one item is transcribed).
+    max_audio_duration_s: float = 2 * 3600.0
     # Items given by URL (rented instances) are fetched to a temp file under these limits.
     item_download_timeout_s: float = 30.0
     max_item_bytes: int = 2 * 1024**3
-    # Items decoded and analyzed together; bounds the memory held by decoded pixels.
+    # Items decoded and analyzed together; bounds the memory held by decoded pixels. While one chunk is analyzed,
+    # the decode pool prepares the next.
     decode_chunk_items: int = 32
+    # Threads that fetch and decode items (0: one per core, at most 8).
+    decode_workers: int = 0
+    # torch intra-op threads on the CPU (0: one per core).
+    cpu_threads: int = 0
+    # Run one small input through each analyzer right after loading it (always on CUDA, where the first batch pays
+    # for kernel selection and memory pools).
+    warm_up_on_load: bool = False
+
+    # `gpu-worker serve`: analyzers loaded and warmed up before /healthz answers 200 (`--analyzers` overrides).
+    serve_analyzers: list[str] = Field(default_factory=lambda: ["clip"])
+    # Concurrent requests with the same analyzers and options share one run of at most this many items; the first
+    # waits this long for others (a few ms is little next to a run, and merges requests that arrive together).
+    serve_max_batch_items: int = 64
+    serve_max_wait_ms: float = 5.0
+    # Beyond this many queued items a request is refused with 503, so that the caller tries another backend.
+    serve_max_queue_items: int = 4096
+    serve_max_manifest_bytes: int = 8 * 1024**2
+    serve_warmup_images: int = 4
 
     @property
     def catalog_files(self) -> list[Path]:
-        """The default catalog followed by the extra ones, in merge order."""
-        return [self.config_dir / "models.toml", *self.catalog_paths]
+        """The default catalog, then catalogs imported with offline bundles, then the extra ones, in merge order."""
+        imported = (
+            sorted((self.models_dir / "catalogs").glob("*.json")) if (self.models_dir / "catalogs").is_dir() else []
+        )
+        return [self.config_dir / "models.toml", *imported, *self.catalog_paths]
 
     @property
     def vocabularies_dir(self) -> Path:

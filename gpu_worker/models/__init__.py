@@ -14,6 +14,10 @@ if TYPE_CHECKING:
 # name -> "module:class"; later milestones add objects, faces and transcribe.
 ANALYZERS: dict[str, str] = {
     "clip": "gpu_worker.models.clip:ClipAnalyzer",
+    "faces": "gpu_worker.models.faces:FacesAnalyzer",
+    "objects": "gpu_worker.models.objects:ObjectsAnalyzer",
+    "transcribe": "gpu_worker.models.transcribe:TranscribeAnalyzer",
+    "nsfw": "gpu_worker.models.nsfw:NsfwAnalyzer",
 }
 
 

@@ -12,7 +12,6 @@ import copy
 import json
 import logging
 import os
-import sys
 import warnings
 import zipfile
 from collections.abc import Callable
@@ -25,12 +24,12 @@ import torch
 from PIL import Image
 
 from gpu_worker.store import CatalogError, ModelEntry
+from gpu_worker.torch_compat import ensure_torchvision_ops
 
 log = logging.getLogger(__name__)
 
 # Entries of OpenAI's archives that are metadata, or buffers open_clip rebuilds, rather than weights.
 TORCHSCRIPT_EXTRA_KEYS = frozenset({"input_resolution", "context_length", "vocab_size", "attn_mask"})
-_STUB_LIBRARIES: list[torch.library.Library] = []
 
 
 @dataclass
@@ -46,26 +45,9 @@ class LoadedClip:
 
 
 def import_open_clip() -> ModuleType:
-    """Import open_clip offline, working around a torchvision whose C++ ops cannot load.
-
-    PyPI has no CPU build of torchvision: beside a CPU-only torch, its CUDA build cannot load its ops and fails to
-    import while registering them. open_clip needs only torchvision's transforms, so the two ops it registers
-    are declared without kernels first; calling them would still fail loudly.
-    """
+    """Import open_clip offline, after making torchvision importable where its compiled ops cannot load."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    try:
-        import torchvision
-    except RuntimeError as exc:
-        if "torchvision::" not in str(exc):
-            raise
-        for name in [m for m in sys.modules if m == "torchvision" or m.startswith("torchvision.")]:
-            del sys.modules[name]
-        library = torch.library.Library("torchvision", "FRAGMENT")  # type: ignore[no-untyped-call]
-        library.define("nms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")  # type: ignore[no-untyped-call]
-        library.define("qnms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")  # type: ignore[no-untyped-call]
-        _STUB_LIBRARIES.append(library)  # a Library drops its definitions when collected
-        log.warning("torchvision's C++ ops do not load here (%s); using its Python transforms only", exc)
-        import torchvision  # noqa: F401
+    ensure_torchvision_ops()
     import open_clip
 
     return cast(ModuleType, open_clip)
