@@ -39,9 +39,14 @@ def _entry(model_id: str, family: str, fmt: str, folder: Path, files: list[str],
 def build_bench_catalog(work: Path) -> tuple[Path, dict[str, str]]:
     """Write the models and a catalog under ``work``; returns the catalog path and GPUW_* settings to use them."""
     sys.path.insert(0, str(REPO))
-    import open_clip
     import torch
     from safetensors.torch import save_file
+
+    from gpu_worker.models.objects import import_ultralytics
+    from gpu_worker.models.open_clip_loader import import_open_clip
+    from gpu_worker.settings import WorkerSettings
+
+    open_clip = import_open_clip()  # through the worker, which makes torchvision importable on CPU-only installs
 
     work.mkdir(parents=True, exist_ok=True)
     entries: list[str] = []
@@ -58,9 +63,7 @@ def build_bench_catalog(work: Path) -> tuple[Path, dict[str, str]]:
 
     yolo_dir = work / "yolo11n-seeded"
     if not (yolo_dir / "yolo11n.pt").exists():
-        from gpu_worker.torch_compat import ensure_torchvision_ops
-
-        ensure_torchvision_ops()
+        import_ultralytics(WorkerSettings())  # offline switches, NMS, and Pillow's Image.open left alone
         from ultralytics import YOLO
 
         yolo_dir.mkdir(exist_ok=True)
