@@ -1,8 +1,10 @@
-"""``gpu-worker``: manage the model cache (``models list|fetch|verify``). Serving and tagging come later."""
+"""``gpu-worker``: the model cache (``models list|fetch|verify|export-bundle|import-bundle``) and the worker's other
+commands."""
 
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -11,9 +13,10 @@ from rich.logging import RichHandler
 from rich.progress import BarColumn, DownloadColumn, Progress, TaskID, TextColumn, TransferSpeedColumn
 from rich.table import Table
 
-from gpu_worker.errors import ModelUnavailableError
-from gpu_worker.settings import get_settings
+from gpu_worker.errors import ChecksumMismatchError, ModelUnavailableError
+from gpu_worker.settings import DeviceChoice, get_settings
 from gpu_worker.store import ModelState, ModelStore, PinState
+from gpu_worker.tagging.command import tag_command
 
 app = typer.Typer(no_args_is_help=True, help="AI Media Analysis inference worker.")
 
@@ -98,6 +101,79 @@ def verify(
         failed = failed or state is not ModelState.PRESENT
     if failed:
         raise typer.Exit(1)
+
+
+@models_app.command("export-bundle")
+def export_bundle_command(
+    output: Annotated[Path, typer.Argument(help="The bundle file to write (a .tar).")],
+    model_ids: Annotated[list[str], typer.Argument(help="Catalog ids of cached models to pack.")],
+) -> None:
+    """Pack cached, verified models and their catalog entries into one archive for offline machines or images."""
+    from gpu_worker.bundle import BundleError, export_bundle
+
+    try:
+        contents = export_bundle(_store(), model_ids, output)
+    except (BundleError, ModelUnavailableError) as exc:
+        console.print(exc.message, style="red", markup=False, soft_wrap=True)
+        raise typer.Exit(1) from exc
+    console.print(f"wrote {output} with {', '.join(e.id for e in contents.entries)}")
+
+
+@models_app.command("import-bundle")
+def import_bundle_command(
+    bundle: Annotated[Path, typer.Argument(help="A bundle written by export-bundle.", exists=True, dir_okay=False)],
+) -> None:
+    """Install every model of a bundle into the cache, checking each file's sha256; needs no network."""
+    from gpu_worker.bundle import BundleError, import_bundle
+
+    try:
+        contents = import_bundle(_store(), bundle)
+    except (BundleError, ChecksumMismatchError) as exc:
+        console.print(exc.message, style="red", markup=False, soft_wrap=True)
+        raise typer.Exit(1) from exc
+    console.print(f"imported {', '.join(e.id for e in contents.entries)} into {_store().root}")
+
+
+@app.command("serve")
+def serve(
+    host: Annotated[str, typer.Option(help="Interface to listen on; 0.0.0.0 for every interface.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="TCP port.")] = 8700,
+    token: Annotated[
+        str | None,
+        typer.Option(envvar="GPUW_TOKEN", help="Bearer token that callers of /v1/* must send.", show_default=False),
+    ] = None,
+    analyzers: Annotated[
+        str | None,
+        typer.Option(help="Comma-separated analyzers to load and warm up, e.g. clip,objects (default: settings)."),
+    ] = None,
+    device: Annotated[DeviceChoice | None, typer.Option(help="Override the inference device.")] = None,
+    insecure_no_token: Annotated[
+        bool, typer.Option("--insecure-no-token", help="Serve without a token (local development only).")
+    ] = False,
+) -> None:
+    """Serve /healthz, /v1/info and /v1/analyze over HTTP, merging concurrent requests into shared batches."""
+    from gpu_worker.server import run_server
+
+    log = logging.getLogger("gpu_worker.serve")
+    if not token and not insecure_no_token:
+        console.print(
+            "Refusing to serve without a token: pass --token or set GPUW_TOKEN "
+            "(or --insecure-no-token for local development).",
+            style="red",
+        )
+        raise typer.Exit(2)
+    if not token:
+        log.warning(
+            "!!! SERVING WITHOUT A TOKEN: anyone who reaches %s:%d can run batches on this machine !!!", host, port
+        )
+    settings = get_settings()
+    if device is not None:
+        settings = settings.model_copy(update={"device": device})
+    chosen = [name.strip() for name in analyzers.split(",") if name.strip()] if analyzers else None
+    run_server(settings, host=host, port=port, token=token or None, analyzers=chosen)
+
+
+app.command("tag")(tag_command)
 
 
 def main() -> None:

@@ -193,7 +193,7 @@ def _classify(path: Path, name: str) -> LocalFile | SkippedFile:
         return LocalFile(path=path, name=name, size=info.st_size)
     if info.st_size == 0:
         return SkippedFile(path, name, "empty file")
-    from orchestrator.sniff import sniff
+    from gpu_worker.sniff import sniff
 
     try:
         with path.open("rb") as fh:

@@ -10,11 +10,11 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from gpu_worker.contract import MediaKind
+from gpu_worker.sniff import sniff
 from orchestrator.db.models import Asset, Job
 from orchestrator.enums import AssetStatus, JobStatus
 from orchestrator.media_probe import ProbeError, check_image_header, probe
 from orchestrator.names import sanitize_display_name
-from orchestrator.sniff import sniff
 from orchestrator.storage import LocalStorage, StagedUpload, blob_key, thumbnail_key
 
 HTTP_CREATED = 201

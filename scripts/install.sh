@@ -4,6 +4,19 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# `gpu-worker tag` writes XMP with exiftool (a system tool, not a Python package). Installed only where it is
+# missing and we are root with apt-get; anywhere else one line says so and the install goes on.
+if ! command -v exiftool >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 \
+    && { DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libimage-exiftool-perl >/dev/null 2>&1 \
+      || { apt-get update -qq >/dev/null 2>&1 \
+        && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libimage-exiftool-perl >/dev/null 2>&1; }; }; then
+    :
+  else
+    echo "exiftool is not installed (needed by 'gpu-worker tag --write xmp|sidecar'): install libimage-exiftool-perl or see https://exiftool.org" >&2
+  fi
+fi
+
 PYTHON=${PYTHON:-python3}
 if [ ! -x .venv/bin/python ]; then
   "$PYTHON" -m venv .venv

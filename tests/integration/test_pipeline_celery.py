@@ -131,9 +131,7 @@ def test_worker_killed_with_sigkill_mid_batch_is_taken_over_and_every_asset_is_a
         assets = list(session.scalars(select(Asset).where(Asset.job_id == uuid.UUID(job_id))))
         assert len(assets) == count
         assert all(a.status == AssetStatus.DONE for a in assets)
-        per_asset = dict(
-            session.execute(select(Result.asset_id, func.count()).group_by(Result.asset_id)).all()
-        )
+        per_asset = dict(session.execute(select(Result.asset_id, func.count()).group_by(Result.asset_id)).all())
         assert per_asset == {a.id: 1 for a in assets}, "every asset must have exactly one result"
         assert set(session.scalars(select(Result.batch_attempt))) == {2}
 

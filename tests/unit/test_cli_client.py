@@ -23,6 +23,7 @@ import httpx
 import pytest
 from typer.testing import CliRunner
 
+from gpu_worker.sniff import sniff
 from orchestrator import cli
 from orchestrator.client import (
     ApiClient,
@@ -36,7 +37,6 @@ from orchestrator.client import (
 )
 from orchestrator.client_config import ClientConfig
 from orchestrator.enums import AssetStatus, JobStatus
-from orchestrator.sniff import sniff
 
 JPEG = b"\xff\xd8\xff\xe0\x00\x10JFIF\x00" + bytes(range(256)) * 4
 PNG = b"\x89PNG\r\n\x1a\n" + b"\x00" * 200

@@ -16,7 +16,7 @@ import pytest
 from PIL import Image
 
 from gpu_worker.contract import MediaKind
-from orchestrator.sniff import sniff
+from gpu_worker.sniff import sniff
 from tests.fixtures.factories import jpeg_bytes, png_bytes
 
 HEAD_BYTES = 4096  # what the upload path hands to sniff()

@@ -1,10 +1,14 @@
-"""Decide what a file is from its first bytes, never from its name."""
+"""What a file is, from its first bytes, never from its name. Pure Python: the orchestrator's upload checks and the
+worker's folder mode share it."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 from gpu_worker.contract import MediaKind
+
+# Enough for every signature below (MPEG-TS needs byte 188).
+SNIFF_BYTES = 4096
 
 
 @dataclass(frozen=True)
@@ -37,7 +41,7 @@ _MP4 = Sniffed(MediaKind.VIDEO, "video/mp4")
 
 
 def sniff(head: bytes) -> Sniffed | None:
-    """Recognise an image, video or audio container from its first bytes (4 KiB is plenty); None if not media."""
+    """Recognise an image, video or audio container from its first bytes; None if it is not media."""
     if head.startswith(b"\xff\xd8\xff"):
         return Sniffed(MediaKind.IMAGE, "image/jpeg")
     if head.startswith(b"\x89PNG\r\n\x1a\n"):
@@ -49,14 +53,7 @@ def sniff(head: bytes) -> Sniffed | None:
     if head.startswith(b"BM") and len(head) >= 18 and head[6:10] == b"\0\0\0\0" and head[14] in _BMP_HEADER_SIZES:
         return Sniffed(MediaKind.IMAGE, "image/bmp")
     if head.startswith(b"RIFF") and len(head) >= 12:
-        fourcc = head[8:12]
-        if fourcc == b"WEBP":
-            return Sniffed(MediaKind.IMAGE, "image/webp")
-        if fourcc == b"WAVE":
-            return Sniffed(MediaKind.AUDIO, "audio/wav")
-        if fourcc == b"AVI ":
-            return Sniffed(MediaKind.VIDEO, "video/x-msvideo")
-        return None
+        return _riff(head[8:12])
     if len(head) >= 12 and head[4:8] == b"ftyp":
         return _ISO_BMFF_BRANDS.get(head[8:12], _MP4)
     if head.startswith(b"\x1a\x45\xdf\xa3"):
@@ -67,6 +64,14 @@ def sniff(head: bytes) -> Sniffed | None:
         return Sniffed(MediaKind.AUDIO, "audio/ogg")
     if head.startswith(b"ID3") or (len(head) >= 2 and head[0] == 0xFF and head[1] & 0xE0 == 0xE0 and head[1] & 0x06):
         return Sniffed(MediaKind.AUDIO, "audio/mpeg")
-    if len(head) >= 4 and head[0] == 0x47 and (len(head) < 189 or head[188] == 0x47):
-        return Sniffed(MediaKind.VIDEO, "video/mp2t") if len(head) >= 189 else None
+    if len(head) >= 189 and head[0] == 0x47 and head[188] == 0x47:
+        return Sniffed(MediaKind.VIDEO, "video/mp2t")
     return None
+
+
+def _riff(fourcc: bytes) -> Sniffed | None:
+    return {
+        b"WEBP": Sniffed(MediaKind.IMAGE, "image/webp"),
+        b"WAVE": Sniffed(MediaKind.AUDIO, "audio/wav"),
+        b"AVI ": Sniffed(MediaKind.VIDEO, "video/x-msvideo"),
+    }.get(fourcc)
