@@ -41,8 +41,11 @@ PIXEL_ERRORS: tuple[type[Exception], ...] = (
     LookupError,
     struct.error,
 )
-# Frames a video without a known duration is scanned for (about 5 minutes at 30 fps).
+# Frames a video without a known duration is scanned for (about 5 minutes at 30 fps), and keyframes scanned for cuts.
 MAX_SCAN_FRAMES = 10_000
+# Mean absolute change between consecutive keyframes' grey thumbnails (fraction of full scale) that counts as a cut.
+SCENE_CHANGE_THRESHOLD = 0.12
+SCENE_THUMB_SIZE = (32, 18)
 
 
 @dataclass
@@ -69,12 +72,15 @@ def decode_item(
     max_pixels: int,
     max_side_px: int | None = 1024,
     video_frames: int = 4,
+    scene_frames: int = 0,
 ) -> DecodedItem:
     """Decode one file by its (sniffed) media kind."""
     if kind is MediaKind.IMAGE:
         return DecodedItem(kind, path, [Frame(decode_image(path, max_pixels=max_pixels, max_side_px=max_side_px))])
     if kind is MediaKind.VIDEO:
-        frames = decode_video_frames(path, count=video_frames, max_pixels=max_pixels, max_side_px=max_side_px)
+        frames = decode_video_frames(
+            path, count=video_frames, max_pixels=max_pixels, max_side_px=max_side_px, scene_frames=scene_frames
+        )
         return DecodedItem(kind, path, frames)
     _require_content(path)
     return DecodedItem(kind, path)
@@ -165,8 +171,17 @@ def _to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
-def decode_video_frames(path: Path, *, count: int = 4, max_pixels: int, max_side_px: int | None = 1024) -> list[Frame]:
-    """Decode ``count`` frames evenly spaced in time (the middle of each of ``count`` equal spans)."""
+def decode_video_frames(
+    path: Path,
+    *,
+    count: int = 4,
+    max_pixels: int,
+    max_side_px: int | None = 1024,
+    scene_frames: int = 0,
+    scene_threshold: float = SCENE_CHANGE_THRESHOLD,
+) -> list[Frame]:
+    """Decode ``count`` frames evenly spaced in time (the middle of each of ``count`` equal spans), plus up to
+    ``scene_frames`` frames where the picture changes most (scene cuts the time grid would miss), in time order."""
     _require_content(path)
     try:
         container = av.open(str(path))
@@ -188,10 +203,16 @@ def decode_video_frames(path: Path, *, count: int = 4, max_pixels: int, max_side
         duration_s = _duration_s(container, stream)
         try:
             if duration_s:
-                for index in range(count):
-                    target = duration_s * (index + 0.5) / count
+                targets = [duration_s * (index + 0.5) / count for index in range(count)]
+                if scene_frames > 0:
+                    min_gap_s = duration_s / (2 * count)
+                    for cut_s in _scene_changes(container, stream, scene_frames, scene_threshold):
+                        # A cut needs a frame of its own unless the new scene is already sampled soon after it.
+                        if not any(cut_s <= t < cut_s + min_gap_s for t in targets):
+                            targets.append(cut_s)
+                for target in sorted(targets):
                     found = _frame_at(container, stream, target)
-                    if found is not None:
+                    if found is not None and all(found.timestamp_s != f.timestamp_s for f in frames):
                         frames.append(found)
             else:
                 frames = _spread_frames(container, stream, count)
@@ -229,6 +250,38 @@ def _frame_at(container: av.container.InputContainer, stream: av.VideoStream, ta
         if time_s >= target_s - 1e-3:
             break
     return last
+
+
+def _scene_changes(
+    container: av.container.InputContainer, stream: av.VideoStream, limit: int, threshold: float
+) -> list[float]:
+    """Times (seconds from the start) of the ``limit`` largest picture changes between consecutive keyframes.
+
+    Only keyframes are decoded (encoders place one at a cut), each reduced to a small grey thumbnail; a change is
+    the mean absolute difference of two thumbnails as a fraction of full scale, kept when above ``threshold``.
+    """
+    import numpy as np
+
+    start_s = float(stream.start_time * stream.time_base) if stream.start_time is not None and stream.time_base else 0.0
+    changes: list[tuple[float, float]] = []
+    previous: np.ndarray | None = None
+    context = stream.codec_context
+    context.skip_frame = "NONKEY"
+    try:
+        container.seek(0, stream=stream, backward=True, any_frame=False)
+        for index, video_frame in enumerate(container.decode(stream)):
+            if index >= MAX_SCAN_FRAMES:
+                break
+            grey = video_frame.reformat(width=SCENE_THUMB_SIZE[0], height=SCENE_THUMB_SIZE[1], format="gray")
+            current = grey.to_ndarray().astype(np.float32)
+            if previous is not None:
+                change = float(np.abs(current - previous).mean()) / 255.0
+                if change > threshold:
+                    changes.append((change, max((video_frame.time or 0.0) - start_s, 0.0)))
+            previous = current
+    finally:
+        context.skip_frame = "DEFAULT"
+    return sorted(time_s for _, time_s in sorted(changes, reverse=True)[:limit])
 
 
 def _spread_frames(container: av.container.InputContainer, stream: av.VideoStream, count: int) -> list[Frame]:

@@ -253,6 +253,7 @@ class InProcessExecutor:
                     max_pixels=self.settings.max_image_pixels,
                     max_side_px=self.settings.max_decode_side_px,
                     video_frames=self.settings.video_frames,
+                    scene_frames=self.settings.video_scene_frames,
                 )
             except DecodeError as exc:
                 prepared.decode_error = exc

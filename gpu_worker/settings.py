@@ -74,6 +74,8 @@ class WorkerSettings(BaseSettings):
     # Decoded images are shrunk to this longest side; the analyzers of this milestone look at 224-448 px.
     max_decode_side_px: int = 1024
     video_frames: int = 4
+    # Extra frames taken where the picture changes most (scene cuts between the grid's frames).
+    video_scene_frames: int = 4
     # Sound beyond this is not decoded (16 kHz float32 mono: 230 MB per hour, held while one item is transcribed).
     max_audio_duration_s: float = 2 * 3600.0
     # Items given by URL (rented instances) are fetched to a temp file under these limits.
