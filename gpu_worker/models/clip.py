@@ -176,6 +176,9 @@ class ClipAnalyzer(Analyzer):
         with torch.inference_mode(), self._autocast():
             for start in range(0, len(images), batch_size):
                 pixels = torch.stack([clip.preprocess(image) for image in images[start : start + batch_size]])
+                if self._loaded_device() == "cuda":
+                    # Page-locked memory lets the copy overlap with the previous micro-batch's kernels.
+                    pixels = pixels.pin_memory().to(self.device or "cuda", non_blocking=True)
                 features = clip.model.encode_image(pixels.to(self.device or "cpu"))
                 chunks.append(torch.nn.functional.normalize(features.float(), dim=-1).cpu())
         return torch.cat(chunks)
