@@ -202,16 +202,8 @@ def release_batch(session: Session, *, claim: Claim, error: str) -> BatchStatus 
     batch.claimed_by = None
     batch.lease_expires_at = None
     if batch.attempts >= batch.max_attempts:
-        batch.status = BatchStatus.FAILED
-        batch.finished_at = utcnow()
-        session.execute(
-            update(Asset)
-            .where(Asset.batch_id == batch.id, Asset.status == AssetStatus.ANALYZING)
-            .values(
-                status=AssetStatus.FAILED,
-                error_code="analysis_failed",
-                error_message=f"analysis failed after {batch.attempts} attempts: {error[:500]}",
-            )
+        _fail_batch(
+            session, batch, now=utcnow(), message=f"analysis failed after {batch.attempts} attempts: {error[:500]}"
         )
     else:
         batch.status = BatchStatus.PENDING
@@ -328,18 +320,19 @@ def fail_exhausted_batches(session: Session, *, now: datetime) -> list[uuid.UUID
         )
     )
     for batch in exhausted:
-        batch.status, batch.finished_at, batch.lease_expires_at = BatchStatus.FAILED, now, None
         batch.last_error = "the lease expired on the last allowed attempt (worker lost)"
-        session.execute(
-            update(Asset)
-            .where(Asset.batch_id == batch.id, Asset.status == AssetStatus.ANALYZING)
-            .values(
-                status=AssetStatus.FAILED,
-                error_code="analysis_failed",
-                error_message=f"analysis did not finish after {batch.attempts} attempts",
-            )
-        )
+        _fail_batch(session, batch, now=now, message=f"analysis did not finish after {batch.attempts} attempts")
     return [b.id for b in exhausted]
+
+
+def _fail_batch(session: Session, batch: Batch, *, now: datetime, message: str) -> None:
+    """A batch out of attempts: it and its unfinished assets fail with ``analysis_failed``."""
+    batch.status, batch.finished_at, batch.lease_expires_at = BatchStatus.FAILED, now, None
+    session.execute(
+        update(Asset)
+        .where(Asset.batch_id == batch.id, Asset.status == AssetStatus.ANALYZING)
+        .values(status=AssetStatus.FAILED, error_code="analysis_failed", error_message=message)
+    )
 
 
 def finalize_job(session: Session, *, job_id: uuid.UUID) -> bool:
