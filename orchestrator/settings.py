@@ -67,6 +67,10 @@ class Settings(BaseSettings):
     # end of the batch, so this must cover a whole batch, and the task hard time limit bounds that.
     media_url_ttl_s: float = 1800.0
 
+    # Vast.ai REST API; the key stays on this machine and out of reprs, logs and error messages.
+    vast_api_url: str = "https://console.vast.ai"
+    vast_api_key: str = Field(default="", repr=False)
+
     @model_validator(mode="after")
     def _fill_embedded_defaults(self) -> Settings:
         if not self.database_url:

@@ -1,0 +1,1 @@
+"""Fakes that speak real protocols (the Vast.ai API) for tests."""
