@@ -858,6 +858,67 @@ def beat(
         celery_app.start(["beat", "--loglevel=INFO", f"--schedule={schedule}"])
 
 
+offers_app = typer.Typer(help="GPU offers on the cloud provider.", no_args_is_help=True)
+app.add_typer(offers_app, name="offers")
+
+
+@offers_app.command("search")
+def offers_search(
+    gpu: Annotated[
+        list[str] | None, typer.Option("--gpu", help="GPU model to accept; repeat for several (default: 5090, 4090).")
+    ] = None,
+    max_price: Annotated[float, typer.Option("--max-price", min=0.0, help="Most USD/h, storage included.")] = 1.0,
+    min_reliability: Annotated[float, typer.Option("--min-reliability", min=0.0, max=1.0)] = 0.98,
+    min_cuda: Annotated[float, typer.Option("--min-cuda", help="Lowest host CUDA (12.8 for Blackwell).")] = 12.8,
+    disk_gb: Annotated[float, typer.Option("--disk-gb", min=1.0, help="Disk to rent with the GPU.")] = 40.0,
+    include_unverified: Annotated[bool, typer.Option("--include-unverified", help="Accept unverified hosts.")] = False,
+    limit: Annotated[int, typer.Option("--limit", min=1, help="Rows to show.")] = 10,
+) -> None:
+    """Preview what the scheduler would rent now, best images per dollar first (with the scheduler's own checks)."""
+    with _server_errors():
+        from orchestrator.cloud.offers import preview_offers
+        from orchestrator.providers.vast.provider import VastProvider
+        from orchestrator.scheduler.model import OfferFilters
+        from orchestrator.scheduler.offers import load_throughput_table
+        from orchestrator.settings import get_settings
+
+        settings = get_settings()
+        if not settings.vast_api_key:
+            _fail("set ORCH_VAST_API_KEY (your Vast.ai API key) to search offers")
+        defaults = OfferFilters()
+        filters = OfferFilters(
+            gpu_names=tuple(gpu) if gpu else defaults.gpu_names,
+            min_cuda=min_cuda,
+            min_reliability=min_reliability,
+            verified_only=not include_unverified,
+            min_disk_gb=disk_gb,
+        )
+        preview = preview_offers(
+            VastProvider.from_settings(settings),
+            filters,
+            max_price_per_h_usd=max_price,
+            throughput=load_throughput_table(),
+        )
+    table = Table(title=f"{len(preview.ranked)} acceptable of {preview.searched} offers found")
+    for header in ("offer", "GPU", "$/h", "est. images/s", "images per $", "reliability", "machine"):
+        table.add_column(header, justify="right" if header not in ("GPU",) else "left")
+    for ranked in preview.ranked[:limit]:
+        offer = ranked.offer
+        table.add_row(
+            str(offer.offer_id),
+            f"{offer.num_gpus}x {offer.gpu_name}",
+            f"{offer.total_per_h_usd:.3f}",
+            f"{ranked.images_per_s:.0f}",
+            f"{ranked.images_per_usd:,.0f}",
+            f"{offer.reliability:.3f}",
+            str(offer.machine_id),
+        )
+    console.print(table)
+    if preview.rejected:
+        reasons = ", ".join(f"{reason}: {count}" for reason, count in preview.rejected.most_common())
+        console.print(f"refused: {reasons}")
+
+
 def main() -> None:
     """Entry point of the ``orchestrator`` console script."""
     app()
