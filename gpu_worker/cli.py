@@ -176,6 +176,50 @@ def serve(
 app.command("tag")(tag_command)
 
 
+@app.command("bench")
+def bench(
+    analyzers: Annotated[str, typer.Option(help="Comma-separated image analyzers.")] = "clip,objects,faces,nsfw",
+    images: Annotated[int, typer.Option(min=2, help="Generated 1080p JPEGs to analyze.")] = 64,
+    repeat: Annotated[int, typer.Option(min=1, help="Timed runs per figure; the best is kept.")] = 2,
+    device: Annotated[DeviceChoice | None, typer.Option(help="Override the inference device.")] = None,
+) -> None:
+    """Measure this machine's images/s with the configured models, batched and one by one.
+
+    The full-pipeline figure is what the scheduler's GPU table (config/gpu_throughput.toml) wants for this GPU.
+    """
+    import tempfile
+
+    from gpu_worker.benchmark import generate_corpus, measure_images
+    from gpu_worker.executor import InProcessExecutor
+
+    logging.getLogger("gpu_worker.executor").setLevel(logging.WARNING)  # one line per timed batch is noise here
+    settings = get_settings()
+    if device is not None:
+        settings = settings.model_copy(update={"device": device})
+    executor = InProcessExecutor(settings)
+    chosen = [name.strip() for name in analyzers.split(",") if name.strip()]
+    table = Table(title=f"{images} generated 1080p images on {executor.device}")
+    for header in ("analyzers", "batched images/s", "sequential images/s", "ratio"):
+        table.add_column(header, justify="left" if header == "analyzers" else "right")
+    with tempfile.TemporaryDirectory(prefix="gpuw-bench-") as folder:
+        corpus = generate_corpus(Path(folder), images)
+        for label, selected in [*((name, [name]) for name in chosen), ("full pipeline", chosen)]:
+            try:
+                row = measure_images(executor, selected, corpus, repeat)
+            except RuntimeError as exc:
+                console.print(f"{label}: {exc}", style="red", markup=False)
+                raise typer.Exit(1) from exc
+            table.add_row(
+                label,
+                f"{row['batched_images_per_s']:.1f}",
+                f"{row['sequential_images_per_s']:.1f}",
+                f"{row['ratio']:.2f}",
+            )
+    console.print(table)
+    if executor.device_info is not None:
+        console.print(f"device: {executor.device_info.name}")
+
+
 def main() -> None:
     """Entry point of the ``gpu-worker`` command."""
     app()
