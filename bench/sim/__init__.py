@@ -1,0 +1,1 @@
+"""Scheduler simulator: seeded workload traces, a simulated GPU market and clock, and the policy under test."""
