@@ -13,6 +13,7 @@ program, a usage error).
 from __future__ import annotations
 
 import csv
+import dataclasses
 import functools
 import io
 import json
@@ -27,7 +28,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, NoReturn
+from typing import Annotated, Any, NoReturn
 
 import typer
 from rich.box import SIMPLE
@@ -856,6 +857,108 @@ def beat(
         schedule.parent.mkdir(parents=True, exist_ok=True)
         # worker_main() accepts only the worker sub-command; start() runs any.
         celery_app.start(["beat", "--loglevel=INFO", f"--schedule={schedule}"])
+
+
+budget_app = typer.Typer(
+    help="Tenants' budgets and scheduling policy, on the configured database.", no_args_is_help=True
+)
+app.add_typer(budget_app, name="budget")
+
+
+def _tenant_id(session: Any, name: str) -> Any:
+    from orchestrator.tenants import get_tenant_by_name
+
+    tenant = get_tenant_by_name(session, name=name)
+    if tenant is None:
+        _fail(f"no tenant called {name!r} (see `orchestrator tenants list`)")
+    return tenant.id
+
+
+@budget_app.command("show")
+def budget_show(tenant: Annotated[str, typer.Argument(help="Tenant name.")]) -> None:
+    """Caps, spend (charged up to now), reservations and the scheduling policy of a tenant."""
+    with _server_errors():
+        from orchestrator.budgets import summary
+        from orchestrator.clock import utcnow
+        from orchestrator.db.session import session_scope
+
+        with session_scope() as session:
+            info = summary(session, tenant_id=_tenant_id(session, tenant), now=utcnow())
+    policy = info.policy
+    table = Table(title=f"budget of {tenant}", show_header=False)
+    table.add_column("what")
+    table.add_column("value", justify="right")
+    for label, value in (
+        ("spent today", f"${info.day_spent_usd:.2f} of ${policy.daily_cap_usd:.2f}"),
+        ("spent this month", f"${info.month_spent_usd:.2f} of ${policy.monthly_cap_usd:.2f}"),
+        ("soft cap (month)", f"${policy.soft_cap_usd:.2f}"),
+        ("reserved", f"${info.reserved_usd:.2f} for {info.live_instances} live instances"),
+        ("remaining", f"${info.remaining_usd:.2f}"),
+        ("max $/h per instance", f"${policy.max_price_per_h_usd:.2f}"),
+        ("instances", f"{policy.min_instances}..{policy.max_instances}"),
+        ("idle timeout", f"{policy.idle_timeout_s:.0f} s"),
+        ("longest wait for a GPU", f"{policy.max_gpu_wait_s:.0f} s"),
+        ("tiers", ", ".join(policy.tiers)),
+        ("GPUs", ", ".join(policy.filters.gpu_names) or "any"),
+    ):
+        table.add_row(label, value)
+    console.print(table)
+
+
+@budget_app.command("set")
+def budget_set(
+    tenant: Annotated[str, typer.Argument(help="Tenant name.")],
+    daily_cap: Annotated[float | None, typer.Option("--daily-cap", min=0.0, help="Hard cap per UTC day, USD.")] = None,
+    monthly_cap: Annotated[
+        float | None, typer.Option("--monthly-cap", min=0.0, help="Hard cap per month, USD.")
+    ] = None,
+    soft_cap: Annotated[
+        float | None, typer.Option("--soft-cap", min=0.0, help="Monthly spend that stops new rentals, USD.")
+    ] = None,
+    max_price: Annotated[float | None, typer.Option("--max-price", min=0.0, help="Most USD/h per instance.")] = None,
+    min_instances: Annotated[int | None, typer.Option("--min-instances", min=0)] = None,
+    max_instances: Annotated[int | None, typer.Option("--max-instances", min=0)] = None,
+    idle_timeout: Annotated[
+        float | None, typer.Option("--idle-timeout", min=0.0, help="Seconds idle before destroy.")
+    ] = None,
+    max_gpu_wait: Annotated[
+        float | None,
+        typer.Option("--max-gpu-wait", min=0.0, help="Seconds a batch waits for a GPU before falling back."),
+    ] = None,
+    tiers: Annotated[str | None, typer.Option("--tiers", help="Allowed tiers in order, e.g. cloud,local,cpu.")] = None,
+    gpu: Annotated[list[str] | None, typer.Option("--gpu", help="GPU model to rent; repeat for several.")] = None,
+) -> None:
+    """Change a tenant's caps and scheduling policy; unchanged settings keep their values."""
+    changes: dict[str, Any] = {
+        key: value
+        for key, value in {
+            "daily_cap_usd": daily_cap,
+            "monthly_cap_usd": monthly_cap,
+            "soft_cap_usd": soft_cap,
+            "max_price_per_h_usd": max_price,
+            "min_instances": min_instances,
+            "max_instances": max_instances,
+            "idle_timeout_s": idle_timeout,
+            "max_gpu_wait_s": max_gpu_wait,
+        }.items()
+        if value is not None
+    }
+    if tiers is not None:
+        changes["tiers"] = [t.strip() for t in tiers.split(",") if t.strip()]
+    with _server_errors():
+        from orchestrator.budgets import get_policy, set_policy
+        from orchestrator.clock import utcnow
+        from orchestrator.db.session import session_scope
+
+        with session_scope() as session:
+            tenant_id = _tenant_id(session, tenant)
+            if gpu:
+                current = get_policy(session, tenant_id=tenant_id).filters
+                changes["filters"] = {**dataclasses.asdict(current), "gpu_names": list(gpu)}
+            if not changes:
+                _fail("nothing to change: give at least one option (see --help)")
+            set_policy(session, tenant_id=tenant_id, changes=changes, now=utcnow())
+    _say(f"budget of {tenant} updated")
 
 
 offers_app = typer.Typer(help="GPU offers on the cloud provider.", no_args_is_help=True)

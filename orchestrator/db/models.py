@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from typing import Any
 
 from sqlalchemy import (
     JSON,
     BigInteger,
     Boolean,
+    Date,
     DateTime,
     Float,
     ForeignKey,
@@ -28,7 +29,7 @@ from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 from orchestrator.clock import utcnow
-from orchestrator.enums import AssetStatus, BatchStatus, JobStatus
+from orchestrator.enums import AssetStatus, BatchStatus, InstanceStatus, JobStatus
 
 NAMING_CONVENTION = {
     "ix": "ix_%(column_0_label)s",
@@ -224,3 +225,102 @@ class Embedding(Base):
     model_id: Mapped[str] = mapped_column(String(200))
     dim: Mapped[int] = mapped_column(Integer)
     vector: Mapped[bytes] = mapped_column(LargeBinary)
+
+
+class TenantBudget(Base):
+    """A tenant's scheduling policy (overrides of the defaults, as JSON) and its money: the state of the pure
+    ledger's account (integer micro-dollars), which ``orchestrator.budgets`` loads under a lock and stores back."""
+
+    __tablename__ = "tenant_budgets"
+
+    tenant_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), primary_key=True)
+    policy: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    day: Mapped[date] = mapped_column(Date)
+    month: Mapped[date] = mapped_column(Date)
+    day_spent_musd: Mapped[int] = mapped_column(BigInteger, default=0)
+    month_spent_musd: Mapped[int] = mapped_column(BigInteger, default=0)
+    total_spent_musd: Mapped[int] = mapped_column(BigInteger, default=0)
+    settled_musd: Mapped[int] = mapped_column(BigInteger, default=0)
+    # Bumped by every writer first: the row lock (PostgreSQL) or write lock (SQLite) that serializes spending.
+    version: Mapped[int] = mapped_column(BigInteger, default=0)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+
+class BudgetHold(Base):
+    """The reservation of one live rented instance and what it has been charged so far."""
+
+    __tablename__ = "budget_holds"
+
+    instance_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    tenant_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), index=True)
+    price_per_h_musd: Mapped[int] = mapped_column(BigInteger)
+    started_at: Mapped[datetime] = mapped_column()
+    accrued_until: Mapped[datetime] = mapped_column()
+    charged_musd: Mapped[int] = mapped_column(BigInteger, default=0)
+    left_musd: Mapped[int] = mapped_column(BigInteger, default=0)
+
+
+class LedgerEntry(Base):
+    """An append-only record of every money movement (reserve, accrue, settle), for audits and bills."""
+
+    __tablename__ = "ledger_entries"
+    __table_args__ = (Index("ix_ledger_entries_tenant_at", "tenant_id", "at"),)
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True)
+    tenant_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"))
+    instance_id: Mapped[str | None] = mapped_column(String(64))
+    kind: Mapped[str] = mapped_column(String(16))
+    amount_musd: Mapped[int] = mapped_column(BigInteger)
+    at: Mapped[datetime] = mapped_column(default=utcnow)
+    note: Mapped[str] = mapped_column(String(300), default="")
+
+
+class Instance(Base):
+    """One rented GPU instance, written (with its reservation) before the provider's create call.
+
+    ``id`` is also the budget hold's key and part of the provider label, so a restart finds the instance again.
+    ``worker_token`` and ``tls_cert_pem`` open and authenticate only this instance; its TLS key is never stored.
+    """
+
+    __tablename__ = "instances"
+    __table_args__ = (Index("ix_instances_state", "state"), Index("ix_instances_tenant_state", "tenant_id", "state"))
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=_new_id)
+    tenant_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"))
+    provider: Mapped[str] = mapped_column(String(32))
+    provider_instance_id: Mapped[str | None] = mapped_column(String(64), index=True)
+    label: Mapped[str] = mapped_column(String(120), unique=True)
+    offer_id: Mapped[str] = mapped_column(String(64))
+    machine_id: Mapped[int] = mapped_column(BigInteger)
+    gpu_name: Mapped[str] = mapped_column(String(100))
+    price_per_h_musd: Mapped[int] = mapped_column(BigInteger)
+    state: Mapped[InstanceStatus] = mapped_column(String(16), default=InstanceStatus.REQUESTED)
+    status_msg: Mapped[str] = mapped_column(Text, default="")
+    worker_url: Mapped[str | None] = mapped_column(String(300))
+    worker_token: Mapped[str] = mapped_column(String(100))
+    tls_cert_pem: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    ready_at: Mapped[datetime | None] = mapped_column(default=None)
+    last_busy_at: Mapped[datetime | None] = mapped_column(default=None)
+    destroyed_at: Mapped[datetime | None] = mapped_column(default=None)
+    in_flight: Mapped[int] = mapped_column(Integer, default=0)
+    destroy_attempts: Mapped[int] = mapped_column(Integer, default=0)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    logs: Mapped[str | None] = mapped_column(Text)
+
+    @property
+    def price_per_h_usd(self) -> float:
+        """USD per hour, storage included."""
+        return self.price_per_h_musd / 1_000_000
+
+
+class ExcludedMachine(Base):
+    """A provider machine that failed one of our instances; offers on it are never rented again."""
+
+    __tablename__ = "excluded_machines"
+
+    provider: Mapped[str] = mapped_column(String(32), primary_key=True)
+    machine_id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    reason: Mapped[str] = mapped_column(String(300), default="")
+    instance_id: Mapped[uuid.UUID | None] = mapped_column(Uuid)
+    excluded_at: Mapped[datetime] = mapped_column(default=utcnow)
