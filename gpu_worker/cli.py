@@ -136,8 +136,10 @@ def import_bundle_command(
 
 @app.command("serve")
 def serve(
-    host: Annotated[str, typer.Option(help="Interface to listen on; 0.0.0.0 for every interface.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="TCP port.")] = 8700,
+    host: Annotated[
+        str | None, typer.Option(help="Interface to listen on; 0.0.0.0 for every interface (default: settings).")
+    ] = None,
+    port: Annotated[int | None, typer.Option(help="TCP port (default: settings, 8700).")] = None,
     token: Annotated[
         str | None,
         typer.Option(envvar="GPUW_TOKEN", help="Bearer token that callers of /v1/* must send.", show_default=False),
@@ -150,9 +152,23 @@ def serve(
     insecure_no_token: Annotated[
         bool, typer.Option("--insecure-no-token", help="Serve without a token (local development only).")
     ] = False,
+    tls_cert: Annotated[
+        Path | None,
+        typer.Option(help="Serve HTTPS with this PEM certificate (needs --tls-key).", exists=True, dir_okay=False),
+    ] = None,
+    tls_key: Annotated[
+        Path | None,
+        typer.Option(help="The PEM private key of --tls-cert.", exists=True, dir_okay=False),
+    ] = None,
+    tls_cert_pem: Annotated[str | None, typer.Option(envvar="GPUW_TLS_CERT_PEM", hidden=True)] = None,
+    tls_key_pem: Annotated[str | None, typer.Option(envvar="GPUW_TLS_KEY_PEM", hidden=True)] = None,
 ) -> None:
-    """Serve /healthz, /v1/info and /v1/analyze over HTTP, merging concurrent requests into shared batches."""
-    from gpu_worker.server import run_server
+    """Serve /healthz, /v1/info and /v1/analyze, merging concurrent requests into shared batches.
+
+    HTTPS with --tls-cert/--tls-key, or with the PEM texts in GPUW_TLS_CERT_PEM/GPUW_TLS_KEY_PEM (how a rented
+    instance gets them); plain HTTP otherwise.
+    """
+    from gpu_worker.server import TlsFiles, private_tls_files, run_server
 
     log = logging.getLogger("gpu_worker.serve")
     if not token and not insecure_no_token:
@@ -162,15 +178,27 @@ def serve(
             style="red",
         )
         raise typer.Exit(2)
+    settings = get_settings()
+    if device is not None:
+        settings = settings.model_copy(update={"device": device})
+    host = host or settings.serve_host
+    port = port or settings.serve_port
     if not token:
         log.warning(
             "!!! SERVING WITHOUT A TOKEN: anyone who reaches %s:%d can run batches on this machine !!!", host, port
         )
-    settings = get_settings()
-    if device is not None:
-        settings = settings.model_copy(update={"device": device})
     chosen = [name.strip() for name in analyzers.split(",") if name.strip()] if analyzers else None
-    run_server(settings, host=host, port=port, token=token or None, analyzers=chosen)
+    if (tls_cert is None) != (tls_key is None) or bool(tls_cert_pem) != bool(tls_key_pem):
+        console.print("Give both a TLS certificate and its key, or neither.", style="red")
+        raise typer.Exit(2)
+    if tls_cert is not None and tls_key is not None:
+        tls = TlsFiles(cert_path=tls_cert, key_path=tls_key)
+        run_server(settings, host=host, port=port, token=token or None, analyzers=chosen, tls=tls)
+    elif tls_cert_pem and tls_key_pem:
+        with private_tls_files(tls_cert_pem, tls_key_pem) as tls:
+            run_server(settings, host=host, port=port, token=token or None, analyzers=chosen, tls=tls)
+    else:
+        run_server(settings, host=host, port=port, token=token or None, analyzers=chosen)
 
 
 app.command("tag")(tag_command)

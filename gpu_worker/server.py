@@ -8,6 +8,8 @@
   fetches, or ``multipart/form-data`` with a ``manifest`` JSON part and one file part per item that has no URL, the
   part's field name being the item's ``asset_id``. The answer is a :class:`~gpu_worker.contract.BatchResult`.
 
+The worker serves HTTPS when given a certificate and key (a rented instance gets them as ``GPUW_TLS_CERT_PEM`` and
+``GPUW_TLS_KEY_PEM``; the orchestrator pins that certificate), plain HTTP otherwise (local use).
 ``/v1/*`` requires ``Authorization: Bearer <token>``, compared in constant time. Concurrent requests are merged
 into shared runs by :class:`~gpu_worker.batcher.DynamicBatcher`, whose one thread owns the models; nothing blocking
 runs on the event loop. Items given as local paths are refused: a caller reaches files only through URLs or uploads.
@@ -20,6 +22,7 @@ import hmac
 import io
 import logging
 import math
+import os
 import platform
 import shutil
 import struct
@@ -27,8 +30,8 @@ import tempfile
 import threading
 import time
 import wave
-from collections.abc import AsyncIterator, Iterable, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
@@ -589,14 +592,54 @@ async def receive_multipart(
     return bytes(receiver.manifest), receiver.files
 
 
+@dataclass(frozen=True)
+class TlsFiles:
+    """The certificate chain and private key that the worker serves HTTPS with (PEM files)."""
+
+    cert_path: Path
+    key_path: Path
+
+
+@contextmanager
+def private_tls_files(cert_pem: str, key_pem: str) -> Iterator[TlsFiles]:
+    """Write PEM texts (as a rented instance gets them in its env) to a private folder for uvicorn; removed after.
+
+    The folder is 0700 and the files 0600, created exclusively: the key is readable by this user alone.
+    """
+    folder = Path(tempfile.mkdtemp(prefix="gpuw-tls-"))  # mkdtemp creates it 0700
+    try:
+        files = TlsFiles(cert_path=folder / "cert.pem", key_path=folder / "key.pem")
+        for path, text in ((files.cert_path, cert_pem), (files.key_path, key_pem)):
+            descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(descriptor, "w", encoding="ascii") as handle:
+                handle.write(text)
+        yield files
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
 def run_server(
-    settings: WorkerSettings, *, host: str, port: int, token: str | None, analyzers: Sequence[str] | None
+    settings: WorkerSettings,
+    *,
+    host: str,
+    port: int,
+    token: str | None,
+    analyzers: Sequence[str] | None,
+    tls: TlsFiles | None = None,
 ) -> None:
-    """Serve until interrupted (blocking)."""
+    """Serve until interrupted (blocking): HTTPS with ``tls``, else plain HTTP (local use)."""
     import uvicorn
 
     app = create_app(settings, token=token, analyzers=analyzers)
     # httpx logs each request at INFO: one line per fetched item, each with its signed URL.
     logging.getLogger("httpx").setLevel(logging.WARNING)
     # log_config=None: uvicorn's loggers go through the worker's own logging set up by the CLI.
-    uvicorn.run(app, host=host, port=port, log_config=None, timeout_graceful_shutdown=30)
+    uvicorn.run(
+        app,
+        host=host,
+        port=port,
+        log_config=None,
+        timeout_graceful_shutdown=30,
+        ssl_certfile=str(tls.cert_path) if tls else None,
+        ssl_keyfile=str(tls.key_path) if tls else None,
+    )

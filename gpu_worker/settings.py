@@ -94,6 +94,10 @@ class WorkerSettings(BaseSettings):
 
     # `gpu-worker serve`: analyzers loaded and warmed up before /healthz answers 200 (`--analyzers` overrides).
     serve_analyzers: list[str] = Field(default_factory=lambda: ["clip"])
+    # Where `gpu-worker serve` listens unless --host/--port say otherwise (a rented instance sets GPUW_SERVE_HOST and
+    # GPUW_SERVE_PORT in its environment).
+    serve_host: str = "127.0.0.1"
+    serve_port: int = 8700
     # Concurrent requests with the same analyzers and options share one run of at most this many items; the first
     # waits this long for others (a few ms is little next to a run, and merges requests that arrive together).
     serve_max_batch_items: int = 64

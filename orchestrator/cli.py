@@ -1022,6 +1022,125 @@ def offers_search(
         console.print(f"refused: {reasons}")
 
 
+instances_app = typer.Typer(help="Rented GPU instances, on the configured database and provider.", no_args_is_help=True)
+app.add_typer(instances_app, name="instances")
+
+
+@instances_app.command("list")
+def instances_list(
+    all_rows: Annotated[bool, typer.Option("--all", help="Include destroyed and vanished instances.")] = False,
+) -> None:
+    """Rented instances: state, tenant, GPU, price, worker address and last error."""
+    with _server_errors():
+        from orchestrator.cloud.instances import all_instances
+        from orchestrator.db.models import Tenant
+        from orchestrator.db.session import session_scope
+
+        with session_scope() as session:
+            rows = all_instances(session, include_history=all_rows)
+            names = {t.id: t.name for t in session.query(Tenant).all()}
+    table = Table(title=f"{len(rows)} instances")
+    for header in ("id", "tenant", "state", "provider id", "GPU", "$/h", "in flight", "created", "worker", "error"):
+        table.add_column(header, justify="right" if header in ("$/h", "in flight") else "left")
+    for row in rows:
+        table.add_row(
+            str(row.id),
+            names.get(row.tenant_id, str(row.tenant_id)),
+            str(row.state),
+            row.provider_instance_id or "-",
+            row.gpu_name,
+            f"{row.price_per_h_usd:.3f}",
+            str(row.in_flight),
+            _when(row.created_at),
+            row.worker_url or "-",
+            (row.last_error or "")[:60],
+        )
+    console.print(table)
+
+
+@instances_app.command("destroy")
+def instances_destroy(instance_id: Annotated[str, typer.Argument(help="Instance id (see `instances list`).")]) -> None:
+    """Destroy an instance now and settle its money (never stops it: a stopped instance still bills)."""
+    import uuid
+
+    try:
+        row_id = uuid.UUID(instance_id)
+    except ValueError:
+        _fail(f"{instance_id!r} is not an instance id (see `orchestrator instances list`)")
+    with _server_errors():
+        from orchestrator.clock import utcnow
+        from orchestrator.cloud.teardown import destroy_instance
+        from orchestrator.db.models import Instance
+        from orchestrator.db.session import get_sessionmaker, session_scope
+        from orchestrator.enums import InstanceStatus
+        from orchestrator.providers.vast.provider import VastProvider
+        from orchestrator.settings import get_settings
+
+        settings = get_settings()
+        with session_scope() as session:
+            if session.get(Instance, row_id) is None:
+                _fail(f"no instance {instance_id}")
+        if not settings.vast_api_key:
+            _fail("set ORCH_VAST_API_KEY (your Vast.ai API key) to destroy instances")
+        state = destroy_instance(
+            get_sessionmaker(),
+            VastProvider.from_settings(settings),
+            instance_id=row_id,
+            now=utcnow(),
+            reason="destroyed from the command line",
+            max_attempts=settings.cloud_destroy_max_attempts,
+        )
+    if state not in (InstanceStatus.DESTROYED, InstanceStatus.VANISHED):
+        _fail(f"instance {instance_id} is {state}: the provider refused the destroy; it is retried every tick")
+    _say(f"instance {instance_id} destroyed and settled")
+
+
+@app.command()
+def scheduler(
+    once: Annotated[bool, typer.Option("--once", help="Run one tick and one reconcile pass, then exit.")] = False,
+) -> None:
+    """Run the scheduler tick and the reconciler in a loop (for deployments without Celery beat); Ctrl-C stops."""
+    with _server_errors():
+        import time
+
+        from orchestrator.clock import utcnow
+        from orchestrator.cloud.actuator import tick
+        from orchestrator.cloud.reconciler import reconcile
+        from orchestrator.db.session import get_sessionmaker
+        from orchestrator.providers.vast.provider import VastProvider
+        from orchestrator.settings import get_settings
+        from orchestrator.tasks.constants import RECONCILE_INTERVAL_S
+
+        settings = get_settings()
+        if not settings.vast_api_key:
+            _fail("set ORCH_VAST_API_KEY (your Vast.ai API key) to run the scheduler")
+        provider = VastProvider.from_settings(settings)
+        factory = get_sessionmaker()
+        last_reconcile = float("-inf")
+        try:
+            while True:
+                started = time.monotonic()
+                if started - last_reconcile >= RECONCILE_INTERVAL_S:
+                    passed = reconcile(factory, provider, now=utcnow(), settings=settings)
+                    last_reconcile = started
+                    if passed.aborted:
+                        _warn(passed.aborted)
+                report = tick(factory, provider, now=utcnow(), settings=settings)
+                for line in [report.aborted or "", *report.errors, *(w.message for w in report.warnings)]:
+                    if line:
+                        _warn(line)
+                if report.rented or report.became_ready or report.destroyed:
+                    _say(
+                        f"rented {len(report.rented)}, ready {len(report.became_ready)}, "
+                        f"destroyed {len(report.destroyed)}"
+                    )
+                if once:
+                    return
+                time.sleep(max(0.0, settings.scheduler_tick_s - (time.monotonic() - started)))
+        except KeyboardInterrupt:
+            _say("scheduler stopped")
+
+
 def main() -> None:
     """Entry point of the ``orchestrator`` console script."""
     app()

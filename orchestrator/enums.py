@@ -40,3 +40,22 @@ class Backend(StrEnum):
     CLOUD = "cloud"
     LOCAL = "local"
     IN_PROCESS = "in_process"
+
+
+class InstanceStatus(StrEnum):
+    """The orchestrator's lifecycle of one rented-instance row (the provider's view is ``InstanceState``).
+
+    REQUESTED: row and reservation written, create not yet confirmed. BOOTING: the provider made a contract; the
+    worker is not healthy yet. READY: /healthz answered with the expected models. FAILED: broken (set by the backend
+    or the actuator), to be destroyed. DESTROYING: a destroy is under way. ALERT: destroys kept failing; it may
+    still bill and needs a person. DESTROYED and VANISHED (gone without our destroy) are final.
+    """
+
+    REQUESTED = "requested"
+    BOOTING = "booting"
+    READY = "ready"
+    FAILED = "failed"
+    DESTROYING = "destroying"
+    ALERT = "alert"
+    DESTROYED = "destroyed"
+    VANISHED = "vanished"

@@ -59,10 +59,14 @@ class Settings(BaseSettings):
     visibility_timeout_s: int = 3600
     reaper_interval_s: float = 15.0
 
-    # A GPU worker started with `gpu-worker serve` (this machine or the LAN); batches try it before the CPU.
+    # GPU workers started with `gpu-worker serve` (this machine or the LAN); batches try them, in this order, before
+    # the CPU. local_worker_urls is a JSON list in the env; local_worker_url (one URL) is kept and tried first.
     local_worker_url: str = ""
+    local_worker_urls: list[str] = Field(default_factory=list)
     local_worker_token: str = ""
     local_worker_timeout_s: float = 900.0
+    # A batch on a rented instance: its worker fetches the media over the internet, so allow as long as locally.
+    cloud_worker_timeout_s: float = 900.0
     # Signed media URLs handed to workers stay valid this long; the executor fetches a batch's last items near the
     # end of the batch, so this must cover a whole batch, and the task hard time limit bounds that.
     media_url_ttl_s: float = 1800.0
@@ -70,6 +74,21 @@ class Settings(BaseSettings):
     # Vast.ai REST API; the key stays on this machine and out of reprs, logs and error messages.
     vast_api_url: str = "https://console.vast.ai"
     vast_api_key: str = Field(default="", repr=False)
+
+    # Rented instances: the worker image they run, the container port `gpu-worker serve` listens on, and the
+    # deployment name in their labels (several deployments may share one Vast.ai account).
+    cloud_worker_image: str = "ghcr.io/ai-media-analysis/gpu-worker:latest"
+    cloud_worker_port: int = 8700
+    cloud_deployment: str = "default"
+    scheduler_tick_s: float = 5.0
+    # A create that was never confirmed (a timeout after sending) is given up after this long, unless the
+    # reconciler finds its labelled instance first.
+    cloud_create_grace_s: float = 120.0
+    # Listed rows are judged vanished only when older than this (the provider's list may lag a fresh create).
+    cloud_vanish_grace_s: float = 60.0
+    # After this many failed destroys an instance is put in the alert state (it may still bill).
+    cloud_destroy_max_attempts: int = 5
+    cloud_health_timeout_s: float = 5.0
 
     @model_validator(mode="after")
     def _fill_embedded_defaults(self) -> Settings:
@@ -83,13 +102,19 @@ class Settings(BaseSettings):
                     raise ValueError(
                         f"{name} must be a real secret of at least {MIN_SECRET_CHARS} characters in production"
                     )
-        if self.environment == "production" and self.local_worker_url and not self.local_worker_token:
-            raise ValueError("ORCH_LOCAL_WORKER_TOKEN is required with ORCH_LOCAL_WORKER_URL in production")
+        if self.environment == "production" and self.all_local_worker_urls and not self.local_worker_token:
+            raise ValueError("ORCH_LOCAL_WORKER_TOKEN is required with ORCH_LOCAL_WORKER_URL(S) in production")
         if self.media_url_ttl_s <= 0:
             raise ValueError("media_url_ttl_s must be positive")
         if self.visibility_timeout_s <= self.task_hard_time_limit_s:
             raise ValueError("visibility_timeout_s must be larger than task_hard_time_limit_s")
         return self
+
+    @property
+    def all_local_worker_urls(self) -> list[str]:
+        """Every configured local worker, ``local_worker_url`` first, each once."""
+        urls = [self.local_worker_url, *self.local_worker_urls]
+        return list(dict.fromkeys(url.rstrip("/") for url in urls if url.strip()))
 
     @property
     def media_dir(self) -> Path:

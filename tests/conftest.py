@@ -26,7 +26,12 @@ for _name, _value in {
 }.items():
     os.environ[_name] = _value
 
-pytest_plugins = ["tests.fixtures.pytest_fixtures", "tests.fixtures.services", "tests.fakes.vast_server"]
+pytest_plugins = [
+    "tests.fixtures.pytest_fixtures",
+    "tests.fixtures.services",
+    "tests.fakes.vast_server",
+    "tests.fixtures.cloud_harness",
+]
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED = REPO_ROOT.parent / "shared"

@@ -15,11 +15,14 @@ from orchestrator.tasks.constants import (
     QUEUE_ANALYZE,
     QUEUE_INGEST,
     QUEUE_MAINTENANCE,
+    RECONCILE_INTERVAL_S,
     TASK_ANALYZE_BATCH,
     TASK_FINALIZE_JOB,
     TASK_PLAN_JOB,
     TASK_PREPARE_ASSET,
     TASK_REAP,
+    TASK_RECONCILE,
+    TASK_SCHEDULER_TICK,
 )
 
 log = logging.getLogger(__name__)
@@ -60,13 +63,26 @@ def celery_config(settings: Settings) -> dict[str, Any]:
             TASK_FINALIZE_JOB: {"queue": QUEUE_INGEST},
             TASK_ANALYZE_BATCH: {"queue": QUEUE_ANALYZE},
             TASK_REAP: {"queue": QUEUE_MAINTENANCE},
+            TASK_SCHEDULER_TICK: {"queue": QUEUE_MAINTENANCE},
+            TASK_RECONCILE: {"queue": QUEUE_MAINTENANCE},
         },
         "beat_schedule": {
             "reap-expired-batches": {"task": TASK_REAP, "schedule": settings.reaper_interval_s},
+            # A tick that waited in the queue past the next one is dropped: it would decide on stale state.
+            "scheduler-tick": {
+                "task": TASK_SCHEDULER_TICK,
+                "schedule": settings.scheduler_tick_s,
+                "options": {"expires": settings.scheduler_tick_s},
+            },
+            "reconcile-instances": {
+                "task": TASK_RECONCILE,
+                "schedule": RECONCILE_INTERVAL_S,
+                "options": {"expires": RECONCILE_INTERVAL_S},
+            },
         },
         "worker_hijack_root_logger": False,
         "worker_cancel_long_running_tasks_on_connection_loss": False,
-        "imports": ["orchestrator.tasks.jobs"],
+        "imports": ["orchestrator.tasks.jobs", "orchestrator.tasks.cloud"],
     }
 
 

@@ -16,11 +16,11 @@ from contextlib import contextmanager
 from datetime import timedelta
 
 from celery import shared_task
-from sqlalchemy import and_, func, select
+from sqlalchemy import and_, func, select, update
 from sqlalchemy.orm import Session
 
 from gpu_worker.contract import BatchManifest, ManifestItem, MediaKind
-from orchestrator.backends.router import available_backends, route
+from orchestrator.backends.router import backends_for_batch
 from orchestrator.batching import (
     Claim,
     batches_to_requeue,
@@ -92,7 +92,7 @@ def build_manifest(batch_id: uuid.UUID) -> tuple[BatchManifest, uuid.UUID]:
     """The manifest of a batch, and the batch's job id.
 
     Items carry local paths, which only the in-process backend reads; a backend on another process or machine
-    replaces them with signed media URLs itself (see ``LocalWorkerBackend.remote_manifest``), so that no path and no
+    replaces them with signed media URLs itself (see ``WorkerClient.remote_manifest``), so that no path and no
     credential leaves this machine.
     """
     storage = _storage()
@@ -142,8 +142,28 @@ def _lease_heartbeat(claim: Claim, lease_s: float) -> Iterator[threading.Event]:
 
 @shared_task(name=TASK_ANALYZE_BATCH)
 def analyze_batch(batch_id: str) -> str:
-    """Claim a batch, run it on the first backend that works, and write its results under the claim."""
+    """Claim a batch, run it on the first backend that works, and write its results under the claim.
+
+    The backends come in the batch's tenant's tier order (:func:`~orchestrator.backends.router.backends_for_batch`).
+    When none may run it now (waiting for a GPU), the batch stays queued unclaimed, spending no attempt, and the
+    reaper sends it again. A backend that fails passes the batch to the next one; when all fail, it goes back to
+    the queue. The claim fences results: a batch is written once, whichever backend or delivery finishes it.
+    """
     settings = get_settings()
+    with session_scope() as session:
+        batch = session.get(Batch, uuid.UUID(batch_id))
+        if batch is None or batch.status not in (BatchStatus.PENDING, BatchStatus.RUNNING):
+            return "nothing to claim"
+        backends, plan = backends_for_batch(
+            session, tenant_id=batch.tenant_id, queued_at=batch.created_at, now=utcnow(), settings=settings
+        )
+        if not backends:
+            session.execute(
+                update(Batch)
+                .where(Batch.id == batch.id, Batch.status == BatchStatus.PENDING)
+                .values(last_error=plan.waiting_reason)
+            )
+            return f"waiting: {plan.waiting_reason}"
     with session_scope() as session:
         claim = claim_batch(
             session, batch_id=uuid.UUID(batch_id), worker_id=_worker_id(), lease_s=settings.batch_lease_s
@@ -153,7 +173,7 @@ def analyze_batch(batch_id: str) -> str:
     manifest, job_id = build_manifest(claim.batch_id)
     failures: list[str] = []
     with _lease_heartbeat(claim, settings.batch_lease_s):
-        for backend in route(available_backends()):
+        for backend in backends:
             try:
                 result = backend.execute(manifest)
             except BackendUnavailableError as exc:

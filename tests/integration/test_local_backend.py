@@ -29,7 +29,7 @@ from sqlalchemy import select
 
 from gpu_worker.contract import BatchManifest, ManifestItem, MediaKind
 from orchestrator.backends.local import LocalWorkerBackend
-from orchestrator.backends.router import available_backends, route
+from orchestrator.backends.router import available_backends
 from orchestrator.batching import plan_batches
 from orchestrator.db.models import Asset, Batch, ResultTag
 from orchestrator.db.session import session_scope
@@ -194,7 +194,7 @@ def upload_and_plan(stack: Stack, files: dict[str, bytes]) -> Upload:
 def test_a_batch_runs_on_the_local_worker_through_signed_media_urls(stack: Stack) -> None:
     upload = upload_and_plan(stack, {"red.jpg": jpeg("red", "square", 1), "blue.jpg": jpeg("blue", "circle", 2)})
     manifest, _ = build_manifest(upload.batch_id)
-    backend = available_backends()[Backend.LOCAL]
+    backend = available_backends()[0]
     assert isinstance(backend, LocalWorkerBackend)
     sent = backend.remote_manifest(manifest)
     assert all(item.path is None and item.url and item.url.startswith(f"{stack.api_url}/media/") for item in sent.items)
@@ -292,7 +292,7 @@ def test_when_the_worker_is_down_the_batch_falls_back_to_in_process(
     get_settings.cache_clear()
     monkeypatch.setattr(in_process, "_executor", None)  # built afresh from this module's GPUW_ settings
     try:
-        assert [b.kind for b in route(available_backends())] == [Backend.LOCAL, Backend.IN_PROCESS]
+        assert [b.kind for b in available_backends()] == [Backend.LOCAL, Backend.IN_PROCESS]
         upload = upload_and_plan(stack, {"fallback.jpg": jpeg("red", "square", 5)})
         assert analyze_batch(str(upload.batch_id)) == "done"
         with session_scope() as session:

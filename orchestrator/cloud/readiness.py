@@ -1,0 +1,74 @@
+"""Whether a booting instance is usable: the provider's view of it, and its worker's /healthz over pinned TLS."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import httpx
+
+from orchestrator.cloud.tls import pinned_ssl_context
+from orchestrator.enums import InstanceStatus
+from orchestrator.providers.base import InstanceState as ProviderState
+from orchestrator.providers.base import ProviderInstance
+from orchestrator.scheduler.model import InstanceState as SchedulerState
+
+MAX_DETAIL_CHARS = 300
+
+_BROKEN: Mapping[ProviderState, SchedulerState] = {
+    ProviderState.EXITED: SchedulerState.EXITED,
+    ProviderState.STOPPED: SchedulerState.STOPPED,
+    ProviderState.OFFLINE: SchedulerState.OFFLINE,
+    ProviderState.UNKNOWN: SchedulerState.UNKNOWN,
+}
+
+
+def scheduler_state(row_state: InstanceStatus, listed: ProviderInstance) -> SchedulerState:
+    """How the policy sees an instance: our row's verdict first, then what the provider reports."""
+    if row_state is InstanceStatus.FAILED or listed.has_oci_error:
+        return SchedulerState.FAILED
+    if listed.outbid:
+        return SchedulerState.STOPPED
+    if listed.state in _BROKEN:
+        return _BROKEN[listed.state]
+    if listed.state is ProviderState.LOADING:
+        return SchedulerState.LOADING
+    return SchedulerState.READY if row_state is InstanceStatus.READY else SchedulerState.RUNNING
+
+
+def worker_url(listed: ProviderInstance, container_port: int) -> str | None:
+    """``https://host:port`` of the worker's mapped port, or None while the provider has not mapped it."""
+    host_port = listed.ports.get(container_port)
+    if listed.public_ip is None or host_port is None:
+        return None
+    host = f"[{listed.public_ip}]" if ":" in listed.public_ip else listed.public_ip
+    return f"https://{host}:{host_port}"
+
+
+@dataclass(frozen=True)
+class Health:
+    """The outcome of one /healthz probe; ``detail`` says why it is not ready."""
+
+    ready: bool
+    detail: str
+
+
+def probe_health(url: str, *, cert_pem: str, token: str, expected_models: Sequence[str], timeout_s: float) -> Health:
+    """GET ``url``/healthz trusting only ``cert_pem``; ready when it answers 200 with every expected model."""
+    try:
+        with httpx.Client(verify=pinned_ssl_context(cert_pem), timeout=timeout_s) as client:
+            response = client.get(f"{url}/healthz", headers={"Authorization": f"Bearer {token}"})
+    except httpx.HTTPError as exc:
+        return Health(False, f"healthz unreachable: {type(exc).__name__}: {str(exc)[:MAX_DETAIL_CHARS]}")
+    if response.status_code != httpx.codes.OK:
+        return Health(False, f"healthz answered {response.status_code}: {response.text[:MAX_DETAIL_CHARS]}")
+    try:
+        body = response.json()
+    except ValueError:
+        return Health(False, "healthz answered something that is not JSON")
+    models = body.get("models") if isinstance(body, dict) else None
+    loaded = set(models) if isinstance(models, dict) else set()
+    missing = [name for name in expected_models if name not in loaded]
+    if missing:
+        return Health(False, f"healthz lacks models {missing}")
+    return Health(True, "healthy")
