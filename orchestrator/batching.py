@@ -167,6 +167,7 @@ def claim_batch(session: Session, *, batch_id: uuid.UUID, worker_id: str, lease_
             attempts=Batch.attempts + 1,
             lease_expires_at=now + timedelta(seconds=lease_s),
             started_at=now,
+            instance_id=None,  # a new claim runs nowhere yet; a dead holder's instance link must not follow it
         )
         .execution_options(synchronize_session=False)
     )
@@ -185,6 +186,11 @@ def _held(claim: Claim) -> list[ColumnElement[bool]]:
     ]
 
 
+def claim_holds(session: Session, *, claim: Claim) -> bool:
+    """Whether this worker still holds the batch (it may have been released after its backend died)."""
+    return session.scalar(select(Batch.id).where(*_held(claim))) is not None
+
+
 def renew_lease(session: Session, *, claim: Claim, lease_s: float) -> bool:
     """Extend the lease of a batch this worker still holds. False means the claim was lost."""
     result = session.execute(
@@ -201,6 +207,7 @@ def release_batch(session: Session, *, claim: Claim, error: str) -> BatchStatus 
     batch.last_error = error[:2000]
     batch.claimed_by = None
     batch.lease_expires_at = None
+    batch.instance_id = None
     if batch.attempts >= batch.max_attempts:
         _fail_batch(
             session, batch, now=utcnow(), message=f"analysis failed after {batch.attempts} attempts: {error[:500]}"
@@ -292,6 +299,57 @@ def _float32_bytes(values: list[float]) -> bytes:
 
     packed = array.array("f", values)
     return packed.tobytes()
+
+
+def link_instance(session: Session, *, batch_id: uuid.UUID, instance_id: uuid.UUID) -> bool:
+    """Record that the running batch is now in flight on ``instance_id``; False when it is not running (then the
+    caller runs it unlinked: a late answer is fenced by its claim anyway)."""
+    result = session.execute(
+        update(Batch)
+        .where(Batch.id == batch_id, Batch.status == BatchStatus.RUNNING)
+        .values(instance_id=instance_id)
+        .execution_options(synchronize_session=False)
+    )
+    return bool(result.rowcount == 1)  # type: ignore[attr-defined]
+
+
+def unlink_instance(session: Session, *, batch_id: uuid.UUID, instance_id: uuid.UUID) -> bool:
+    """Forget that the batch runs on ``instance_id`` (its answer came, or the call failed). False when the link was
+    gone already: the batch was released from under this call, or claimed again."""
+    result = session.execute(
+        update(Batch)
+        .where(Batch.id == batch_id, Batch.instance_id == instance_id)
+        .values(instance_id=None)
+        .execution_options(synchronize_session=False)
+    )
+    return bool(result.rowcount == 1)  # type: ignore[attr-defined]
+
+
+def release_instance_batches(session: Session, *, instance_id: uuid.UUID, error: str, now: datetime) -> list[uuid.UUID]:
+    """Take back the running batches in flight on an instance that is gone or failed, without waiting for their
+    leases: PENDING for another try (the returned ids, to enqueue after commit), FAILED once attempts run out.
+
+    Fenced: only batches still RUNNING and linked to this instance change. Their holder's claim stops matching (the
+    status, then the next claim's attempt number), so the dead worker's late answer writes nothing.
+    """
+    batches = list(
+        session.scalars(
+            select(Batch)
+            .where(Batch.instance_id == instance_id, Batch.status == BatchStatus.RUNNING)
+            .order_by(Batch.created_at, Batch.id)
+            .with_for_update()
+        )
+    )
+    requeued: list[uuid.UUID] = []
+    for batch in batches:
+        batch.instance_id, batch.claimed_by, batch.lease_expires_at = None, None, None
+        batch.last_error = error[:2000]
+        if batch.attempts >= batch.max_attempts:
+            _fail_batch(session, batch, now=now, message=f"analysis did not finish after {batch.attempts} attempts")
+        else:
+            batch.status = BatchStatus.PENDING
+            requeued.append(batch.id)
+    return requeued
 
 
 def batches_to_requeue(session: Session, *, now: datetime, pending_grace_s: float) -> list[uuid.UUID]:

@@ -38,6 +38,7 @@ def plan_route(
     local_configured: bool,
     waited_s: float,
     max_gpu_wait_s: float,
+    cloud_blocked: str | None = None,
 ) -> RoutePlan:
     """The tiers to try for one batch, in the tenant's order.
 
@@ -45,10 +46,13 @@ def plan_route(
     with a configured worker. ``cpu`` is held back while a GPU is on its way: the tenant allows the cloud, one can
     come (``cloud_possible``: a provider is configured, or its instances are merely busy), none is free now, and the
     batch has waited less than ``max_gpu_wait_s`` seconds; the CPU is tens of times slower than that GPU.
+    ``cloud_blocked`` is the scheduler's word that no cloud GPU is coming for this tenant now (its budget is used
+    up, no offer matches): the CPU is not held back then, and it is the waiting reason when nothing else may run.
     When nothing is chosen, ``waiting_reason`` says why.
     """
     chosen: list[Tier] = []
     waiting: str | None = None
+    cloud_possible = cloud_possible and cloud_blocked is None
     for tier in dict.fromkeys(tiers):
         if (tier is Tier.CLOUD and cloud_ready) or (tier is Tier.LOCAL and local_configured):
             chosen.append(tier)
@@ -60,6 +64,8 @@ def plan_route(
                 )
             else:
                 chosen.append(tier)
+    if not chosen and waiting is None and cloud_blocked is not None:
+        waiting = cloud_blocked
     if not chosen and waiting is None:
         allowed = ", ".join(tier.value for tier in tiers) or "none"
         waiting = f"no allowed backend is available now (tiers: {allowed}); waiting for one"
@@ -98,10 +104,12 @@ def backends_for_batch(
     An empty list with ``plan.waiting_reason`` set means: leave the batch queued and ask again later.
     """
     from orchestrator.budgets import get_policy
+    from orchestrator.cloud.cloud_states import current_state
     from orchestrator.cloud.instances import MAX_IN_FLIGHT, ready_instances
 
     settings = settings or get_settings()
     policy = get_policy(session, tenant_id=tenant_id)
+    state = current_state(session, tenant_id=tenant_id, now=now, tick_s=settings.scheduler_tick_s)
     ready = ready_instances(session, tenant_id=tenant_id) if Tier.CLOUD in policy.tiers else []
     plan = plan_route(
         policy.tiers,
@@ -111,6 +119,7 @@ def backends_for_batch(
         local_configured=bool(settings.all_local_worker_urls),
         waited_s=max(0.0, (now - queued_at).total_seconds()),
         max_gpu_wait_s=policy.max_gpu_wait_s,
+        cloud_blocked=state.blocked if state is not None else None,
     )
     return build_backends(plan, tenant_id=tenant_id, settings=settings), plan
 

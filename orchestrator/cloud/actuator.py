@@ -26,7 +26,8 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from orchestrator import budgets
-from orchestrator.cloud.instances import LIVE_STATES, live_instances
+from orchestrator.cloud.cloud_states import store_states, tenant_names
+from orchestrator.cloud.instances import LIVE_STATES, enqueue_waiting_batches, live_instances
 from orchestrator.cloud.offers import offer_view, provider_filters
 from orchestrator.cloud.readiness import probe_health, scheduler_state, worker_url
 from orchestrator.cloud.teardown import destroy_instance, finish
@@ -56,6 +57,7 @@ from orchestrator.scheduler.model import (
 )
 from orchestrator.scheduler.offers import load_throughput_table
 from orchestrator.scheduler.policy import decide
+from orchestrator.scheduler.tenant_state import CloudState, cloud_states
 from orchestrator.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -83,6 +85,7 @@ class TickReport:
     alerts: list[uuid.UUID] = field(default_factory=list)
     warnings: list[Warn] = field(default_factory=list)
     fallbacks: list[Fallback] = field(default_factory=list)
+    cloud_states: dict[str, CloudState] = field(default_factory=dict)
     errors: list[str] = field(default_factory=list)
     aborted: str | None = None
 
@@ -147,6 +150,7 @@ def tick(
     rows = _probe_booting(session_factory, rows, listed, now=now, settings=settings, report=report)
     snapshot = _snapshot(session_factory, provider, rows, listed, now=now, settings=settings, throughput=throughput)
     report.actions = decide(snapshot)
+    report.cloud_states = _store_cloud_states(session_factory, snapshot, report.actions, now=now)
     _apply(session_factory, provider, snapshot, rows, now=now, settings=settings, report=report)
     return report
 
@@ -219,11 +223,16 @@ def _probe_booting(
             stored.status_msg = detail[:2000]
             if url is not None:
                 stored.worker_url = url
-            if healthy and stored.state == InstanceStatus.BOOTING:
+            became_ready = healthy and stored.state == InstanceStatus.BOOTING
+            if became_ready:
                 stored.state = InstanceStatus.READY
                 stored.ready_at = now
                 report.became_ready.append(row.id)
             updated.append(_Row.of(stored))
+        if became_ready:
+            # Batches that waited for a GPU go now, not when the reaper next looks (up to a lease later).
+            with session_factory.begin() as session:
+                enqueue_waiting_batches(session, tenant_id=stored.tenant_id)
     return updated
 
 
@@ -380,6 +389,17 @@ def _offers(
         for view in searched[query]:
             found.setdefault(view.offer_id, view)
     return tuple(found.values())
+
+
+def _store_cloud_states(
+    session_factory: sessionmaker[Session], snapshot: Snapshot, actions: list[Action], *, now: datetime
+) -> dict[str, CloudState]:
+    """Persist what the Warn and Fallback actions mean for each tenant, before any destroy: the router sends the
+    tenant's batches to its fallback (or shows the pause) while this tick tears down what it cannot pay for."""
+    with session_factory.begin() as session:
+        states = cloud_states(snapshot, actions, names=tenant_names(session, list(snapshot.tenants)))
+        store_states(session, states, now=now)
+    return states
 
 
 def _apply(

@@ -2,18 +2,22 @@
 
 Slots are taken and given back with conditional UPDATEs, so two analyze tasks can never both take the last slot of
 an instance, and a slot is never taken on an instance that stopped being ready.
+
+Enqueueing is at-least-once and harmless to repeat: an analyze message for a batch that is already claimed, done
+or still without a free backend finds nothing to claim, or leaves the batch waiting, and spends no attempt.
 """
 
 from __future__ import annotations
 
 import uuid
+from collections.abc import Iterable
 from datetime import datetime
 
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from orchestrator.db.models import Instance
-from orchestrator.enums import InstanceStatus
+from orchestrator.db.models import Batch, Instance
+from orchestrator.enums import BatchStatus, InstanceStatus
 
 # Two batches per instance: one runs while the next one's media travel, so the GPU never waits on the network.
 MAX_IN_FLIGHT = 2
@@ -97,3 +101,37 @@ def mark_failed(session: Session, *, instance_id: uuid.UUID, reason: str) -> boo
         .execution_options(synchronize_session=False)
     )
     return bool(result.rowcount)  # type: ignore[attr-defined]
+
+
+def enqueue_batches(batch_ids: Iterable[uuid.UUID]) -> int:
+    """Send an analyze message for each batch (call after the commit that made them PENDING); returns how many were
+    sent. A broker outage is logged by :func:`orchestrator.tasks.app.enqueue`; the reaper sends them later."""
+    from orchestrator.tasks.app import enqueue
+    from orchestrator.tasks.constants import TASK_ANALYZE_BATCH
+
+    return sum(enqueue(TASK_ANALYZE_BATCH, str(batch_id)) for batch_id in batch_ids)
+
+
+def waiting_batches(session: Session, *, tenant_id: uuid.UUID, limit: int | None = None) -> list[uuid.UUID]:
+    """The tenant's pending batches that an analyze task has already looked at and left waiting (no allowed backend
+    was free, or a backend failed), oldest first. Freshly planned ones, whose first message is still queued, are
+    not among them."""
+    query = (
+        select(Batch.id)
+        .where(
+            Batch.tenant_id == tenant_id,
+            Batch.status == BatchStatus.PENDING,
+            Batch.last_error.is_not(None),
+            Batch.attempts < Batch.max_attempts,
+        )
+        .order_by(Batch.created_at, Batch.id)
+        .limit(limit)
+    )
+    return list(session.scalars(query))
+
+
+def enqueue_waiting_batches(session: Session, *, tenant_id: uuid.UUID, limit: int | None = None) -> int:
+    """Send the tenant's waiting batches again at once, when one of its instances has just become ready, instead of
+    leaving them to the reaper (up to ``limit``, oldest first). Only reads ``session``; returns how many were sent.
+    """
+    return enqueue_batches(waiting_batches(session, tenant_id=tenant_id, limit=limit))

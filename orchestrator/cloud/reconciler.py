@@ -5,7 +5,8 @@
 - A REQUESTED row whose create never answered is adopted when its labelled instance shows up, and given up (settled)
   once it is older than the create grace without one.
 - A row whose instance is gone from the provider without our destroy is marked VANISHED, settled, and its batch
-  slots are freed; its batches come back through the reaper when their leases expire.
+  slots are freed; the batches that were in flight on it go back to PENDING at once (fenced by their claims, so the
+  lost worker's late answer writes nothing) and are enqueued after the commit.
 - A failed list call aborts the pass: a failure never reads as "no instances".
 
 Rows are read before the list call and an orphan is checked against the database again before it is destroyed, so
@@ -23,7 +24,7 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from orchestrator.cloud.actuator import label_prefix
-from orchestrator.cloud.instances import LIVE_STATES, live_instances
+from orchestrator.cloud.instances import LIVE_STATES, enqueue_batches, live_instances
 from orchestrator.cloud.teardown import finish
 from orchestrator.db.models import Instance
 from orchestrator.enums import InstanceStatus
@@ -42,6 +43,7 @@ class ReconcileReport:
     adopted: list[uuid.UUID] = field(default_factory=list)
     abandoned: list[uuid.UUID] = field(default_factory=list)
     vanished: list[uuid.UUID] = field(default_factory=list)
+    requeued: list[uuid.UUID] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
     aborted: str | None = None
 
@@ -126,7 +128,9 @@ def _settle_as(
         # Changed since it was read (a tick adopted, created or destroyed it): leave it to the next pass.
         if row is None or row.state != seen.state or row.provider_instance_id != seen.provider_instance_id:
             return
-        finish(session, row, state=state, now=now, error=error)
+        released = finish(session, row, state=state, now=now, error=error)
+    enqueue_batches(released)
+    report.requeued.extend(released)
     if state is InstanceStatus.VANISHED:
         report.vanished.append(seen.id)
         log.warning("instance %s (%s) vanished at the provider", seen.id, seen.provider_instance_id)

@@ -2,6 +2,9 @@
 
 Destroy, never stop: a stopped Vast.ai instance still bills storage. A destroy that keeps failing puts the row in
 the ALERT state (it may still bill) instead of pretending the instance is gone; later passes keep trying.
+
+The batches in flight on an instance that is going away are released at once (back to PENDING, fenced by their
+claims) and enqueued after the commit, instead of waiting out their leases.
 """
 
 from __future__ import annotations
@@ -14,6 +17,8 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from orchestrator import budgets
+from orchestrator.batching import release_instance_batches
+from orchestrator.cloud.instances import enqueue_batches
 from orchestrator.db.models import BudgetHold, ExcludedMachine, Instance
 from orchestrator.enums import InstanceStatus
 from orchestrator.errors import ProviderError
@@ -34,14 +39,27 @@ def settle_row(session: Session, row: Instance, *, now: datetime) -> float:
     return budgets.settle(session, tenant_id=row.tenant_id, instance_id=str(row.id), now=now)
 
 
-def finish(session: Session, row: Instance, *, state: InstanceStatus, now: datetime, error: str | None = None) -> None:
-    """Put the row in a final state, settled, with no batch slot left."""
+def finish(
+    session: Session, row: Instance, *, state: InstanceStatus, now: datetime, error: str | None = None
+) -> list[uuid.UUID]:
+    """Put the row in a final state, settled, with no batch slot left and no batch still linked to it.
+
+    Returns the batches released back to PENDING; the caller enqueues them (:func:`enqueue_batches`) after commit.
+    """
     settle_row(session, row, now=now)
     row.state = state
     row.destroyed_at = now
     row.in_flight = 0
     if error is not None:
         row.last_error = error[:MAX_ERROR_CHARS]
+    return release_batches(session, row, now=now)
+
+
+def release_batches(session: Session, row: Instance, *, now: datetime) -> list[uuid.UUID]:
+    """Release the batches in flight on ``row``'s instance (see :func:`release_instance_batches`)."""
+    return release_instance_batches(
+        session, instance_id=row.id, error=f"instance {row.id} went away ({row.state}) mid-batch", now=now
+    )
 
 
 def exclude_machine(session: Session, *, provider: str, machine_id: int, instance_id: uuid.UUID, reason: str) -> None:
@@ -78,6 +96,9 @@ def destroy_instance(
         provider_id, machine_id = row.provider_instance_id, row.machine_id
         if exclude:
             exclude_machine(session, provider=provider.name, machine_id=machine_id, instance_id=row.id, reason=reason)
+        # No answer worth waiting for comes from an instance being destroyed; its slots cannot be taken any more.
+        released = release_batches(session, row, now=now)
+    enqueue_batches(released)
     if exclude and provider_id is not None:
         try:
             logs = provider.logs(provider_id, tail=LOG_TAIL_LINES)
@@ -104,7 +125,10 @@ def destroy_instance(
         row = session.get(Instance, instance_id, with_for_update=True)
         if row is None:
             return InstanceStatus.DESTROYED
+        released = []
         if row.state not in FINAL_STATES:
-            finish(session, row, state=InstanceStatus.DESTROYED, now=now)
-        log.info("instance %s (%s) destroyed: %s", instance_id, provider_id, reason)
-        return InstanceStatus(row.state)
+            released = finish(session, row, state=InstanceStatus.DESTROYED, now=now)
+        final_state = InstanceStatus(row.state)
+    enqueue_batches(released)
+    log.info("instance %s (%s) destroyed: %s", instance_id, provider_id, reason)
+    return final_state

@@ -172,6 +172,10 @@ class Batch(Base):
     claimed_by: Mapped[str | None] = mapped_column(String(200))
     lease_expires_at: Mapped[datetime | None] = mapped_column(default=None)
     backend: Mapped[str | None] = mapped_column(String(32))
+    # The rented instance running the batch right now, so a vanished or failed instance's batches are re-queued at
+    # once instead of after their lease. No foreign key: instance rows are never deleted, and on SQLite one would
+    # make adding this column rebuild the table.
+    instance_id: Mapped[uuid.UUID | None] = mapped_column(Uuid, index=True, default=None)
     last_error: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     started_at: Mapped[datetime | None] = mapped_column(default=None)
@@ -324,3 +328,17 @@ class ExcludedMachine(Base):
     reason: Mapped[str] = mapped_column(String(300), default="")
     instance_id: Mapped[uuid.UUID | None] = mapped_column(Uuid)
     excluded_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class TenantCloudState(Base):
+    """What the last scheduler tick said about a tenant and the cloud (see ``orchestrator.scheduler.tenant_state``):
+    the tier its batches fall back to now, or that it is paused, with the line shown to the user."""
+
+    __tablename__ = "tenant_cloud_states"
+
+    tenant_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), primary_key=True)
+    fallback_tier: Mapped[str | None] = mapped_column(String(16))
+    reason: Mapped[str | None] = mapped_column(String(32))
+    paused: Mapped[bool] = mapped_column(Boolean, default=False)
+    blocked: Mapped[str | None] = mapped_column(Text)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)

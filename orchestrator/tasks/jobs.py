@@ -25,6 +25,7 @@ from orchestrator.batching import (
     Claim,
     batches_to_requeue,
     claim_batch,
+    claim_holds,
     complete_batch,
     fail_exhausted_batches,
     finalize_job,
@@ -174,6 +175,10 @@ def analyze_batch(batch_id: str) -> str:
     failures: list[str] = []
     with _lease_heartbeat(claim, settings.batch_lease_s):
         for backend in backends:
+            if failures:
+                with session_scope() as session:
+                    if not claim_holds(session, claim=claim):
+                        return "claim lost"  # released and re-queued meanwhile: running it here would be wasted
             try:
                 result = backend.execute(manifest)
             except BackendUnavailableError as exc:

@@ -1,27 +1,42 @@
 """Shared parts of the cloud tests: the orchestrator API in a thread (it serves the signed media URLs that rented
-workers fetch), uploads planned into batches, and waiting for a TLS worker with a pinned certificate."""
+workers fetch), uploads planned into batches, waiting for a TLS worker with a pinned certificate, and the whole
+end-to-end world (PostgreSQL + Redis, the fake Vast.ai whose instances are real workers, the in-process fallback)
+with the beat's ticks and the after-test leak checks."""
 
 from __future__ import annotations
 
 import io
+import json
 import random
 import threading
+import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterator, MutableMapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 import uvicorn
+from sqlalchemy import select
 
+from orchestrator import budgets
 from orchestrator.batching import plan_batches
+from orchestrator.clock import utcnow
+from orchestrator.cloud.actuator import TickReport, tick
 from orchestrator.cloud.tls import pinned_ssl_context
-from orchestrator.db.session import session_scope
+from orchestrator.db.models import BudgetHold, Instance
+from orchestrator.db.session import get_sessionmaker, session_scope
+from orchestrator.providers.vast.provider import VastProvider
+from orchestrator.settings import get_settings
 from orchestrator.tasks.jobs import prepare_asset
+from tests.fakes.vast_server import FakeVast
+from tests.fakes.worker_hook import RealWorkerHook, free_port
 from tests.fixtures.factories import TenantWithKey
 from tests.fixtures.processes import wait_until
-from tests.fixtures.tiny_models import draw_shape
+from tests.fixtures.tiny_models import TINY_CLIP_ID, draw_shape
 
 SHAPES = {"clip": {"vocabulary": {"shape": ["red square", "blue circle"]}, "threshold": 0.0, "nsfw": False}}
 
@@ -120,3 +135,108 @@ def upload_and_plan(api_url: str, tenant: TenantWithKey, files: dict[str, bytes]
         batch_ids = plan_batches(session, job_id=uuid.UUID(job_id), batch_size=batch_size, max_attempts=3)
     assert batch_ids
     return Upload(uuid.UUID(job_id), batch_ids, {uuid.UUID(f["asset_id"]): f["name"] for f in accepted})
+
+
+SECRET = "cloud-e2e-test-secret-0123456789abcdef0123"
+TICK_INTERVAL_S = 0.5
+
+
+@dataclass
+class World:
+    """The running fake market with its real-worker hook, the API that serves the media, and its media tap."""
+
+    fake: FakeVast
+    hook: RealWorkerHook
+    api_url: str
+    tap: MediaTap
+
+
+@contextmanager
+def cloud_world(tiny_clip_catalog: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[World]:
+    """The fake Vast.ai (one RTX 4090 offer) whose instances are real workers, the API in a thread, and the tiny
+    CLIP for the in-process fallback of this process. Call it with the orchestrator's database env active."""
+    import orchestrator.backends.in_process as in_process
+    from gpu_worker.settings import get_settings as worker_settings
+
+    model_env = {
+        "GPUW_CATALOG_PATHS": json.dumps([str(tiny_clip_catalog)]),
+        "GPUW_CLIP_MODEL": TINY_CLIP_ID,
+        "GPUW_DEVICE": "cpu",
+    }
+    hook = RealWorkerHook(model_env={**model_env, "GPUW_MODELS_DIR": str(tmp_path / "worker-models")}, log_dir=tmp_path)
+    fake = FakeVast(on_create=hook.on_create, on_destroy=hook.on_destroy)
+    fake.add_offer(101, machine_id=11, gpu_name="RTX 4090", dph_base=0.35)
+    api_port = free_port()
+    tap = MediaTap()
+    with fake.serve():
+        for key, value in {
+            **model_env,
+            "GPUW_MODELS_DIR": str(tmp_path / "in-process-models"),
+            "ORCH_SECRET_KEY": SECRET,
+            "ORCH_PUBLIC_URL": f"http://127.0.0.1:{api_port}",
+            "ORCH_VAST_API_URL": fake.url,
+            "ORCH_VAST_API_KEY": fake.api_key,
+            "ORCH_CLOUD_WORKER_TIMEOUT_S": "60",
+        }.items():
+            monkeypatch.setenv(key, value)
+        get_settings.cache_clear()
+        worker_settings.cache_clear()
+        monkeypatch.setattr(in_process, "_executor", None)  # built afresh from these GPUW_ settings
+        try:
+            with serve_api(api_port, tap) as api_url:
+                yield World(fake, hook, api_url, tap)
+        finally:
+            for instance_id in hook.alive():
+                print(f"--- instance {instance_id} worker log ---\n{hook.log(instance_id)[-3000:]}")
+            worker_settings.cache_clear()
+    assert hook.alive() == [], "a worker process outlived the test"
+
+
+def run_ticks(
+    until: Callable[[TickReport], bool], timeout_s: float, what: str, *, provider: VastProvider | None = None
+) -> list[TickReport]:
+    """Tick the scheduler as the beat would until ``until`` holds for a tick's report."""
+    settings = get_settings()
+    provider = provider or VastProvider.from_settings(settings)
+    reports: list[TickReport] = []
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        report = tick(get_sessionmaker(), provider, now=utcnow(), settings=settings)
+        reports.append(report)
+        assert report.aborted is None and not report.errors, report
+        if until(report):
+            return reports
+        time.sleep(TICK_INTERVAL_S)
+    raise TimeoutError(f"no tick saw {what} in {timeout_s}s; last report: {reports[-1] if reports else None}")
+
+
+def instance_rows(tenant_id: uuid.UUID) -> list[Instance]:
+    """The tenant's instance rows, oldest first, detached."""
+    with session_scope() as session:
+        rows = list(
+            session.scalars(select(Instance).where(Instance.tenant_id == tenant_id).order_by(Instance.created_at))
+        )
+        for row in rows:
+            session.expunge(row)
+        return rows
+
+
+def assert_nothing_leaks(
+    world: World, tenant_id: uuid.UUID, *, not_ours: tuple[int, ...] = ()
+) -> budgets.BudgetSummary:
+    """Nothing bills, no worker runs, every reservation is settled, and the spend is the fake's bill (within one
+    tick of accrual: we charge from the tick that reserved to the tick that destroyed), less the bill of the fake
+    instances ``not_ours`` (orphans that no row of ours paid for); returns the summary."""
+    assert world.fake.live_instances() == []
+    assert world.hook.alive() == []
+    with session_scope() as session:
+        holds = list(session.scalars(select(BudgetHold).where(BudgetHold.tenant_id == tenant_id)))
+        assert holds == []
+        spent = budgets.summary(session, tenant_id=tenant_id, now=utcnow())
+    assert spent.reserved_usd == 0 and spent.live_instances == 0
+    one_tick_usd = max((r.price_per_h_usd for r in instance_rows(tenant_id)), default=0.0) * (
+        get_settings().scheduler_tick_s / 3600
+    )
+    billed = world.fake.spent_usd - sum(world.fake.instances[i].charged_usd for i in not_ours)
+    assert spent.total_spent_usd == pytest.approx(billed, abs=one_tick_usd + 1e-6)
+    return spent

@@ -8,6 +8,7 @@ import uuid
 from sqlalchemy import select
 
 from orchestrator import budgets
+from orchestrator.batching import claim_batch, link_instance, renew_lease
 from orchestrator.cloud.tls import new_instance_identity
 from orchestrator.db.models import Batch, BudgetHold, Instance
 from orchestrator.db.session import session_scope
@@ -150,6 +151,34 @@ def test_a_failed_list_call_aborts_the_pass_and_destroys_nothing(cloud_sqlite: C
     assert [str(i.id) for i in h.fake.live_instances()] == [orphan]
     h.fake._list_failures = 0
     assert h.reconcile().orphans_destroyed == [orphan]
+
+
+def test_a_failed_list_call_leaves_the_batches_running_on_a_possibly_gone_instance_alone(
+    cloud_sqlite: CloudHarness,
+) -> None:
+    h = cloud_sqlite
+    tenant_id = _tenant()
+    batch_id = add_pending_batch(tenant_id, assets=2, created_at=T0)
+    h.tick()
+    h.clock.t = 40
+    h.tick()
+    (row,) = select_rows()
+    with session_scope() as session:
+        claim = claim_batch(session, batch_id=batch_id, worker_id="w", lease_s=600)
+        assert claim is not None and link_instance(session, batch_id=batch_id, instance_id=row.id)
+    h.provider.destroy(row.provider_instance_id or "")
+    h.clock.t = 100
+    h.fake.fail_lists(50)
+
+    report = h.reconcile()
+
+    assert report.aborted is not None and report.vanished == [] and report.requeued == []
+    with session_scope() as session:
+        batch = session.get(Batch, batch_id)
+        assert batch is not None and batch.status == BatchStatus.RUNNING and batch.instance_id == row.id
+        assert renew_lease(session, claim=claim, lease_s=600), "its worker still holds it"
+    h.fake._list_failures = 0
+    _finish_all_work()
 
 
 def select_rows() -> list[Instance]:

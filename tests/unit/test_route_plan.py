@@ -79,3 +79,28 @@ def test_nothing_allowed_and_available_gives_a_reason_to_wait() -> None:
         ).waiting_reason
         is None
     )
+
+
+def test_a_blocked_cloud_lets_the_cpu_run_at_once_and_explains_a_wait_when_nothing_else_may() -> None:
+    blocked = "running on cpu: the daily budget of $5.00 is used up"
+    fallback = plan_route(
+        ALL,
+        cloud_ready=False,
+        cloud_possible=True,
+        local_configured=False,
+        waited_s=0,
+        max_gpu_wait_s=900,
+        cloud_blocked=blocked,
+    )
+    assert fallback.tiers == (Tier.CPU,) and fallback.waiting_reason is None
+
+    paused = plan_route(
+        (Tier.CLOUD,),
+        cloud_ready=False,
+        cloud_possible=True,
+        local_configured=False,
+        waited_s=0,
+        max_gpu_wait_s=900,
+        cloud_blocked="paused: the daily budget of $5.00 is used up",
+    )
+    assert paused.tiers == () and paused.waiting_reason == "paused: the daily budget of $5.00 is used up"
