@@ -977,17 +977,34 @@ def offers_search(
     include_unverified: Annotated[bool, typer.Option("--include-unverified", help="Accept unverified hosts.")] = False,
     limit: Annotated[int, typer.Option("--limit", min=1, help="Rows to show.")] = 10,
 ) -> None:
-    """Preview what the scheduler would rent now, best images per dollar first (with the scheduler's own checks)."""
+    """Preview what the scheduler would rent now, best images per dollar first (with the scheduler's own checks).
+
+    Images/s are measured on our workers where the database holds recent samples, else the configured estimates.
+    """
     with _server_errors():
+        from datetime import timedelta
+
+        from sqlalchemy.exc import OperationalError, ProgrammingError
+
+        from orchestrator.clock import utcnow
         from orchestrator.cloud.offers import preview_offers
+        from orchestrator.cloud.throughput_samples import load_samples
+        from orchestrator.db.session import session_scope
         from orchestrator.providers.vast.provider import VastProvider
         from orchestrator.scheduler.model import OfferFilters
         from orchestrator.scheduler.offers import load_throughput_table
+        from orchestrator.scheduler.throughput import current_table
         from orchestrator.settings import get_settings
 
         settings = get_settings()
         if not settings.vast_api_key:
             _fail("set ORCH_VAST_API_KEY (your Vast.ai API key) to search offers")
+        now, max_age = utcnow(), timedelta(seconds=settings.cloud_throughput_max_age_s)
+        try:
+            with session_scope() as session:
+                samples = load_samples(session, now=now, max_age=max_age)
+        except (OperationalError, ProgrammingError):
+            samples = []  # no migrated database on this machine: the estimates alone
         defaults = OfferFilters()
         filters = OfferFilters(
             gpu_names=tuple(gpu) if gpu else defaults.gpu_names,
@@ -1000,11 +1017,11 @@ def offers_search(
             VastProvider.from_settings(settings),
             filters,
             max_price_per_h_usd=max_price,
-            throughput=load_throughput_table(),
+            throughput=current_table(load_throughput_table(), samples, now=now, max_age=max_age),
         )
     table = Table(title=f"{len(preview.ranked)} acceptable of {preview.searched} offers found")
-    for header in ("offer", "GPU", "$/h", "est. images/s", "images per $", "reliability", "machine"):
-        table.add_column(header, justify="right" if header not in ("GPU",) else "left")
+    for header in ("offer", "GPU", "$/h", "images/s", "figure", "images per $", "reliability", "machine"):
+        table.add_column(header, justify="right" if header not in ("GPU", "figure") else "left")
     for ranked in preview.ranked[:limit]:
         offer = ranked.offer
         table.add_row(
@@ -1012,6 +1029,7 @@ def offers_search(
             f"{offer.num_gpus}x {offer.gpu_name}",
             f"{offer.total_per_h_usd:.3f}",
             f"{ranked.images_per_s:.0f}",
+            "measured" if ranked.measured else "estimate",
             f"{ranked.images_per_usd:,.0f}",
             f"{offer.reliability:.3f}",
             str(offer.machine_id),

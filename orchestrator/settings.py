@@ -89,6 +89,10 @@ class Settings(BaseSettings):
     # After this many failed destroys an instance is put in the alert state (it may still bill).
     cloud_destroy_max_attempts: int = 5
     cloud_health_timeout_s: float = 5.0
+    # A ready instance's measured images/s (its /v1/info) is recorded when it becomes ready and then at most this
+    # often while it lives; samples older than the max age no longer replace the table's estimates.
+    cloud_throughput_sample_interval_s: float = 900.0
+    cloud_throughput_max_age_s: float = 30 * 86400.0
 
     @model_validator(mode="after")
     def _fill_embedded_defaults(self) -> Settings:

@@ -2,7 +2,8 @@
 and apply its actions.
 
 Order of one tick: finish destroys left over from earlier ticks; one list call for all our instances; probe the
-workers of booting instances (ready = running, port mapped, /healthz answering with the expected models); charge
+workers of booting instances (ready = running, port mapped, /healthz answering with the expected models); sample the
+measured throughput of ready workers (at readiness, then now and then) and rank with the current table; charge
 every tenant up to now; search offers (once per distinct filter set); ``decide()``; apply its destroys, then its
 rentals. A failed list call aborts the tick before anything is decided: it never reads as "no instances".
 
@@ -31,6 +32,7 @@ from orchestrator.cloud.instances import LIVE_STATES, enqueue_waiting_batches, l
 from orchestrator.cloud.offers import offer_view, provider_filters
 from orchestrator.cloud.readiness import probe_health, scheduler_state, worker_url
 from orchestrator.cloud.teardown import destroy_instance, finish
+from orchestrator.cloud.throughput_samples import WorkerToSample, load_samples, sample_workers
 from orchestrator.cloud.tls import new_instance_identity
 from orchestrator.db.models import Asset, Batch, ExcludedMachine, Instance, Tenant, TenantBudget
 from orchestrator.enums import BatchStatus, InstanceStatus
@@ -58,6 +60,7 @@ from orchestrator.scheduler.model import (
 from orchestrator.scheduler.offers import load_throughput_table
 from orchestrator.scheduler.policy import decide
 from orchestrator.scheduler.tenant_state import CloudState, cloud_states
+from orchestrator.scheduler.throughput import current_table
 from orchestrator.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -148,6 +151,7 @@ def tick(
         log.warning("scheduler tick aborted: %s", report.aborted)
         return report
     rows = _probe_booting(session_factory, rows, listed, now=now, settings=settings, report=report)
+    throughput = _current_throughput(session_factory, rows, listed, estimates=throughput, now=now, settings=settings)
     snapshot = _snapshot(session_factory, provider, rows, listed, now=now, settings=settings, throughput=throughput)
     report.actions = decide(snapshot)
     report.cloud_states = _store_cloud_states(session_factory, snapshot, report.actions, now=now)
@@ -234,6 +238,35 @@ def _probe_booting(
             with session_factory.begin() as session:
                 enqueue_waiting_batches(session, tenant_id=stored.tenant_id)
     return updated
+
+
+def _current_throughput(
+    session_factory: sessionmaker[Session],
+    rows: list[_Row],
+    listed: Mapping[str, ProviderInstance],
+    *,
+    estimates: ThroughputTable,
+    now: datetime,
+    settings: Settings,
+) -> ThroughputTable:
+    """Sample the ready workers that are due, then the estimates with recent measured samples in their place."""
+    workers: list[WorkerToSample] = []
+    for row in rows:
+        found = listed.get(row.provider_instance_id) if row.provider_instance_id else None
+        url = worker_url(found, settings.cloud_worker_port) if found is not None else None
+        if row.state is InstanceStatus.READY and url is not None:
+            workers.append(WorkerToSample(row.id, row.gpu_name, url, row.tls_cert_pem, row.worker_token))
+    sample_workers(
+        session_factory,
+        workers,
+        now=now,
+        interval=timedelta(seconds=settings.cloud_throughput_sample_interval_s),
+        timeout_s=settings.cloud_health_timeout_s,
+    )
+    max_age = timedelta(seconds=settings.cloud_throughput_max_age_s)
+    with session_factory.begin() as session:
+        samples = load_samples(session, now=now, max_age=max_age)
+    return current_table(estimates, samples, now=now, max_age=max_age)
 
 
 def _pending_work(session: Session, *, now: datetime, throughput: ThroughputTable) -> dict[str, PendingWork]:

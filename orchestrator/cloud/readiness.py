@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import httpx
 
@@ -72,3 +73,38 @@ def probe_health(url: str, *, cert_pem: str, token: str, expected_models: Sequen
     if missing:
         return Health(False, f"healthz lacks models {missing}")
     return Health(True, "healthy")
+
+
+# A recent-runs figure counts only over at least this many real batches; fewer are mostly start-up and small batches.
+MIN_RECENT_RUNS = 5
+
+
+def read_info(url: str, *, cert_pem: str, token: str, timeout_s: float) -> dict[str, Any] | None:
+    """GET ``url``/v1/info trusting only ``cert_pem``; None when it cannot be read (never a readiness verdict)."""
+    try:
+        with httpx.Client(verify=pinned_ssl_context(cert_pem), timeout=timeout_s) as client:
+            response = client.get(f"{url}/v1/info", headers={"Authorization": f"Bearer {token}"})
+        body = response.json() if response.status_code == httpx.codes.OK else None
+    except (httpx.HTTPError, ValueError):
+        return None
+    return body if isinstance(body, dict) else None
+
+
+def measured_images_per_s(info: Mapping[str, Any]) -> float | None:
+    """The worker's measured full-pipeline images/s from its ``/v1/info``, or None when it has no GPU figure.
+
+    Preferred: ``recent_items_per_s`` over at least MIN_RECENT_RUNS real batches — the configured analyzers on real
+    media, decode and batching included, which is what the table's images/s means. Otherwise the warm-up's second
+    run (``warmup.items_per_s``): the same analyzers on generated images after the first run paid the one-time costs.
+    A worker that is not on CUDA (a broken driver made it fall back to the CPU) says nothing about its GPU model.
+    """
+    device = info.get("device")
+    throughput = info.get("throughput")
+    if not isinstance(device, str) or not device.startswith("cuda") or not isinstance(throughput, dict):
+        return None
+    recent, runs = throughput.get("recent_items_per_s"), throughput.get("recent_runs")
+    if isinstance(runs, int) and runs >= MIN_RECENT_RUNS and isinstance(recent, int | float) and recent > 0:
+        return float(recent)
+    warmup = throughput.get("warmup")
+    figure = warmup.get("items_per_s") if isinstance(warmup, dict) else None
+    return float(figure) if isinstance(figure, int | float) and figure > 0 else None

@@ -342,3 +342,23 @@ class TenantCloudState(Base):
     paused: Mapped[bool] = mapped_column(Boolean, default=False)
     blocked: Mapped[str | None] = mapped_column(Text)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class GpuThroughputSample(Base):
+    """One measured full-pipeline images/s of a GPU model, read from a rented worker's ``/v1/info``.
+
+    The scheduler replaces the estimates of ``config/gpu_throughput.toml`` by the median of recent samples
+    (``orchestrator.scheduler.throughput.current_table``). ``source`` says where it came from (``instance:<id>``).
+    """
+
+    __tablename__ = "gpu_throughput_samples"
+    __table_args__ = (
+        Index("ix_gpu_throughput_samples_measured_at", "measured_at"),
+        Index("ix_gpu_throughput_samples_source_measured_at", "source", "measured_at"),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True)
+    gpu_name: Mapped[str] = mapped_column(String(100))
+    images_per_s: Mapped[float] = mapped_column(Float)
+    source: Mapped[str] = mapped_column(String(120))
+    measured_at: Mapped[datetime] = mapped_column(default=utcnow)

@@ -195,6 +195,8 @@ class ThroughputTable:
 
     images_per_s: Mapping[str, float]
     reference_gpu: str
+    # GPU models whose figure is measured (on our workers); the others are estimates.
+    measured: frozenset[str] = frozenset()
 
     def speed(self, gpu_name: str) -> float:
         """How many reference-GPU seconds of work one second of ``gpu_name`` does (0 for an unknown model)."""

@@ -35,16 +35,22 @@ class RankedOffer:
     offer: OfferView
     images_per_s: float
     images_per_usd: float
+    # Whether ``images_per_s`` was measured on our workers rather than estimated.
+    measured: bool = False
 
 
 def load_throughput_table(path: Path = THROUGHPUT_FILE) -> ThroughputTable:
-    """Read the images/s table (``config/gpu_throughput.toml``); the ``cpu`` entry is not a GPU model."""
+    """Read the images/s table (``config/gpu_throughput.toml``); the ``cpu`` entry is not a GPU model.
+
+    Entries with ``source = "measured"`` are marked measured; the others are estimates.
+    """
     data = tomllib.loads(path.read_text(encoding="utf-8"))
     figures = {name: float(entry["images_per_s"]) for name, entry in data["gpus"].items()}
+    measured = frozenset(name for name, entry in data["gpus"].items() if entry.get("source") == "measured")
     reference = str(data["reference_gpu"])
     if figures.get(reference, 0.0) <= 0.0:
         raise ValueError(f"{path}: the reference GPU {reference!r} needs a positive images_per_s")
-    return ThroughputTable(images_per_s=figures, reference_gpu=reference)
+    return ThroughputTable(images_per_s=figures, reference_gpu=reference, measured=measured)
 
 
 def rejection(
@@ -112,4 +118,9 @@ def _ranked(offer: OfferView, throughput: ThroughputTable) -> RankedOffer:
     images_per_s = throughput.images_per_s[offer.gpu_name]
     # An offer at $0/h would divide by zero; a free offer is simply the best.
     per_h = max(offer.total_per_h_usd, 1e-9)
-    return RankedOffer(offer=offer, images_per_s=images_per_s, images_per_usd=images_per_s * 3600.0 / per_h)
+    return RankedOffer(
+        offer=offer,
+        images_per_s=images_per_s,
+        images_per_usd=images_per_s * 3600.0 / per_h,
+        measured=offer.gpu_name in throughput.measured,
+    )
