@@ -58,7 +58,7 @@ from orchestrator.scheduler.model import (
     Warn,
 )
 from orchestrator.scheduler.offers import load_throughput_table
-from orchestrator.scheduler.policy import decide
+from orchestrator.scheduler.policy import decide, failure_reason
 from orchestrator.scheduler.tenant_state import CloudState, cloud_states
 from orchestrator.scheduler.throughput import current_table
 from orchestrator.settings import Settings
@@ -351,7 +351,7 @@ def _snapshot(
         )
         is not None
     )
-    offers = _offers(provider, policies, pending, instances, excluded)
+    offers = _offers(provider, policies, pending, instances, excluded, now=now)
     return Snapshot(
         now=now,
         tick_s=settings.scheduler_tick_s,
@@ -402,12 +402,15 @@ def _offers(
     pending: Mapping[str, PendingWork],
     instances: tuple[InstanceView, ...],
     excluded: frozenset[int],
+    *,
+    now: datetime,
 ) -> tuple[OfferView, ...]:
     """Offers for every tenant that may rent now: one search per distinct filter set."""
     found: dict[int, OfferView] = {}
     searched: dict[OfferFilters, list[OfferView]] = {}
     for tenant, policy in sorted(policies.items()):
-        live = sum(1 for i in instances if i.tenant == tenant)
+        # An instance this tick destroys as a failure leaves room for its replacement in the same tick.
+        live = sum(1 for i in instances if i.tenant == tenant and failure_reason(now, policy, i) is None)
         wants = pending.get(tenant) is not None or live < policy.min_instances
         if Tier.CLOUD not in policy.tiers or not wants or live >= policy.max_instances:
             continue

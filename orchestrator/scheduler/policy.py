@@ -10,6 +10,7 @@ cloud is not allowed, not affordable, not available, or a batch has waited past 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 
 from orchestrator.scheduler.ledger import reservation_usd
 from orchestrator.scheduler.model import (
@@ -95,9 +96,14 @@ def _decide_tenant(
 
 
 def _failure(snapshot: Snapshot, policy: TenantPolicy, inst: InstanceView) -> DestroyReason | None:
+    return failure_reason(snapshot.now, policy, inst)
+
+
+def failure_reason(now: datetime, policy: TenantPolicy, inst: InstanceView) -> DestroyReason | None:
+    """Why ``inst`` is to be destroyed as a failure (broken, or booting past its deadline), or None."""
     if inst.state in BROKEN_STATES:
         return DestroyReason.BROKEN
-    age_s = (snapshot.now - inst.created_at).total_seconds()
+    age_s = (now - inst.created_at).total_seconds()
     if inst.state in BOOTING_STATES and age_s > policy.boot_deadline_s:
         return DestroyReason.BOOT_TIMEOUT
     return None

@@ -1,7 +1,8 @@
 """Shared parts of the cloud tests: the orchestrator API in a thread (it serves the signed media URLs that rented
 workers fetch), uploads planned into batches, waiting for a TLS worker with a pinned certificate, and the whole
 end-to-end world (PostgreSQL + Redis, the fake Vast.ai whose instances are real workers, the in-process fallback)
-with the beat's ticks and the after-test leak checks."""
+with the beat's ticks and the after-test leak checks. A harness clock shared by the fake's billing and the ticks
+passes deadlines without sleeping; a provider that records its retry waits instead of sleeping them."""
 
 from __future__ import annotations
 
@@ -11,30 +12,34 @@ import random
 import threading
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterator, MutableMapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping, MutableMapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 import pytest
 import uvicorn
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from orchestrator import budgets
 from orchestrator.batching import plan_batches
 from orchestrator.clock import utcnow
 from orchestrator.cloud.actuator import TickReport, tick
 from orchestrator.cloud.tls import pinned_ssl_context
-from orchestrator.db.models import BudgetHold, Instance
+from orchestrator.db.models import Asset, Batch, BudgetHold, Instance, Result
 from orchestrator.db.session import get_sessionmaker, session_scope
+from orchestrator.enums import AssetStatus, BatchStatus, InstanceStatus
+from orchestrator.providers.vast.client import VastClient
 from orchestrator.providers.vast.provider import VastProvider
 from orchestrator.settings import get_settings
 from orchestrator.tasks.jobs import prepare_asset
-from tests.fakes.vast_server import FakeVast
+from tests.fakes.vast_server import FakeInstance, FakeVast, InstanceFault, _Answer
 from tests.fakes.worker_hook import RealWorkerHook, free_port
-from tests.fixtures.factories import TenantWithKey
+from tests.fixtures.factories import TenantWithKey, make_tenant
 from tests.fixtures.processes import wait_until
 from tests.fixtures.tiny_models import TINY_CLIP_ID, draw_shape
 
@@ -139,16 +144,65 @@ def upload_and_plan(api_url: str, tenant: TenantWithKey, files: dict[str, bytes]
 
 SECRET = "cloud-e2e-test-secret-0123456789abcdef0123"
 TICK_INTERVAL_S = 0.5
+IDLE_TIMEOUT_S = 3.0
+# Instances created with these faults never start their container, so no worker process is started for them.
+NO_CONTAINER_FAULTS = frozenset({InstanceFault.STUCK_LOADING, InstanceFault.OCI_ERROR, InstanceFault.EXITED})
+
+
+@dataclass
+class HarnessClock:
+    """Real time plus an offset that the test moves forward: the fake bills and the ticks decide on the same time,
+    so a deadline is passed without sleeping and the spend still matches the bill."""
+
+    offset_s: float = 0.0
+
+    def monotonic(self) -> float:
+        """The fake's clock, in seconds."""
+        return time.monotonic() + self.offset_s
+
+    def now(self) -> datetime:
+        """The ticks' clock."""
+        return utcnow() + timedelta(seconds=self.offset_s)
+
+    def advance(self, seconds: float) -> None:
+        """Move both clocks forward by ``seconds``."""
+        self.offset_s += seconds
+
+
+class HarnessVast(FakeVast):
+    """The fake Vast.ai with 429 storms that begin at a given kind of request (its own switch counts any request)."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._storms: list[tuple[str, str, int, float]] = []
+
+    def rate_limit_from(self, method: str, path_prefix: str, count: int, retry_after_s: float = 0.0) -> None:
+        """The next ``method`` request to ``path_prefix`` and the ``count - 1`` requests after it answer 429."""
+        with self._lock:
+            self._storms.append((method, path_prefix, count, retry_after_s))
+
+    def handle(self, method: str, target: str, headers: Mapping[str, str], raw_body: bytes) -> _Answer:
+        """Start an armed storm when its request arrives, then answer as the fake does."""
+        path = urlsplit(target).path
+        with self._lock:
+            for storm in self._storms:
+                if method == storm[0] and path.startswith(storm[1]):
+                    self._storms.remove(storm)
+                    self.rate_limit(storm[2], retry_after_s=storm[3])
+                    break
+            return super().handle(method, target, headers, raw_body)
 
 
 @dataclass
 class World:
-    """The running fake market with its real-worker hook, the API that serves the media, and its media tap."""
+    """The running fake market with its real-worker hook, the API that serves the media, its media tap, and the
+    harness clock of the fake's billing (pass ``clock.now`` to the ticks once it has moved)."""
 
-    fake: FakeVast
+    fake: HarnessVast
     hook: RealWorkerHook
     api_url: str
     tap: MediaTap
+    clock: HarnessClock
 
 
 @contextmanager
@@ -164,7 +218,12 @@ def cloud_world(tiny_clip_catalog: Path, tmp_path: Path, monkeypatch: pytest.Mon
         "GPUW_DEVICE": "cpu",
     }
     hook = RealWorkerHook(model_env={**model_env, "GPUW_MODELS_DIR": str(tmp_path / "worker-models")}, log_dir=tmp_path)
-    fake = FakeVast(on_create=hook.on_create, on_destroy=hook.on_destroy)
+
+    def container_starts(instance: FakeInstance) -> Any:
+        return None if instance.fault in NO_CONTAINER_FAULTS else hook.on_create(instance)
+
+    clock = HarnessClock()
+    fake = HarnessVast(clock=clock.monotonic, on_create=container_starts, on_destroy=hook.on_destroy)
     fake.add_offer(101, machine_id=11, gpu_name="RTX 4090", dph_base=0.35)
     api_port = free_port()
     tap = MediaTap()
@@ -184,7 +243,7 @@ def cloud_world(tiny_clip_catalog: Path, tmp_path: Path, monkeypatch: pytest.Mon
         monkeypatch.setattr(in_process, "_executor", None)  # built afresh from these GPUW_ settings
         try:
             with serve_api(api_port, tap) as api_url:
-                yield World(fake, hook, api_url, tap)
+                yield World(fake, hook, api_url, tap, clock)
         finally:
             for instance_id in hook.alive():
                 print(f"--- instance {instance_id} worker log ---\n{hook.log(instance_id)[-3000:]}")
@@ -192,22 +251,97 @@ def cloud_world(tiny_clip_catalog: Path, tmp_path: Path, monkeypatch: pytest.Mon
     assert hook.alive() == [], "a worker process outlived the test"
 
 
-def run_ticks(
-    until: Callable[[TickReport], bool], timeout_s: float, what: str, *, provider: VastProvider | None = None
-) -> list[TickReport]:
-    """Tick the scheduler as the beat would until ``until`` holds for a tick's report."""
+def tick_once(*, provider: VastProvider | None = None, now: Callable[[], datetime] = utcnow) -> TickReport:
+    """One scheduler tick as the beat would run it, whatever it reports."""
     settings = get_settings()
     provider = provider or VastProvider.from_settings(settings)
+    return tick(get_sessionmaker(), provider, now=now(), settings=settings)
+
+
+def run_ticks(
+    until: Callable[[TickReport], bool],
+    timeout_s: float,
+    what: str,
+    *,
+    provider: VastProvider | None = None,
+    now: Callable[[], datetime] = utcnow,
+) -> list[TickReport]:
+    """Tick the scheduler as the beat would until ``until`` holds for a tick's report; every tick must go well."""
+    provider = provider or VastProvider.from_settings(get_settings())
     reports: list[TickReport] = []
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        report = tick(get_sessionmaker(), provider, now=utcnow(), settings=settings)
+        report = tick_once(provider=provider, now=now)
         reports.append(report)
         assert report.aborted is None and not report.errors, report
         if until(report):
             return reports
         time.sleep(TICK_INTERVAL_S)
     raise TimeoutError(f"no tick saw {what} in {timeout_s}s; last report: {reports[-1] if reports else None}")
+
+
+def recording_provider(sleeps: list[float]) -> VastProvider:
+    """The provider of the current settings whose client records its retry waits in ``sleeps`` instead of sleeping
+    them (backoff and Retry-After are asserted, not waited out)."""
+    settings = get_settings()
+    return VastProvider(VastClient(settings.vast_api_key, settings.vast_api_url, sleep=sleeps.append))
+
+
+def cloud_tenant(**policy: object) -> TenantWithKey:
+    """A tenant that rents one instance as soon as work arrives, and lets it idle out after ``IDLE_TIMEOUT_S``."""
+    tenant = make_tenant()
+    with session_scope() as session:
+        budgets.set_policy(
+            session,
+            tenant_id=tenant.id,
+            changes={
+                "scale_up_threshold_gpu_s": 0.0,
+                "scale_up_wait_s": 0.0,
+                "idle_timeout_s": IDLE_TIMEOUT_S,
+                "max_instances": 1,
+                **policy,
+            },
+            now=utcnow(),
+        )
+    return tenant
+
+
+def two_batches(world: World, tenant: TenantWithKey) -> Upload:
+    """A job of four images planned into two batches of two."""
+    files = {f"{i}.jpg": jpeg("red" if i % 2 else "blue", "square" if i % 2 else "circle", i) for i in range(4)}
+    upload = upload_and_plan(world.api_url, tenant, files, batch_size=2)
+    assert len(upload.batch_ids) == 2
+    return upload
+
+
+def assert_each_asset_has_one_result(upload: Upload) -> None:
+    """Every asset of the job is done with exactly one result."""
+    with session_scope() as session:
+        statuses = {a.status for a in session.scalars(select(Asset).where(Asset.job_id == upload.job_id))}
+        per_asset = dict(
+            session.execute(
+                select(Result.asset_id, func.count(Result.id))
+                .where(Result.asset_id.in_(list(upload.names)))
+                .group_by(Result.asset_id)
+            ).all()
+        )
+    assert statuses == {AssetStatus.DONE}
+    assert per_asset == dict.fromkeys(upload.names, 1)
+
+
+def batch_backends(upload: Upload) -> list[str | None]:
+    """The backend that ran each batch of the job; every batch must be done."""
+    with session_scope() as session:
+        batches = [session.get(Batch, b) for b in upload.batch_ids]
+        assert all(b is not None and b.status == BatchStatus.DONE for b in batches)
+        return [b.backend for b in batches if b is not None]
+
+
+def fake_id_of(tenant_id: uuid.UUID) -> int:
+    """The fake's id of the tenant's one ready instance."""
+    [row] = [r for r in instance_rows(tenant_id) if r.state == InstanceStatus.READY]
+    assert row.provider_instance_id is not None
+    return int(row.provider_instance_id)
 
 
 def instance_rows(tenant_id: uuid.UUID) -> list[Instance]:
