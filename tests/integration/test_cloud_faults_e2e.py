@@ -12,16 +12,15 @@ from pathlib import Path
 
 import httpx
 import pytest
-from sqlalchemy import func, select
 
 from orchestrator import budgets
 from orchestrator.clock import utcnow
 from orchestrator.cloud.actuator import TickReport, tick
 from orchestrator.cloud.cloud_states import NOTICE_KEY
 from orchestrator.cloud.reconciler import reconcile
-from orchestrator.db.models import Asset, Batch, ExcludedMachine, Result
+from orchestrator.db.models import Batch, ExcludedMachine
 from orchestrator.db.session import get_sessionmaker, reset_engines, session_scope
-from orchestrator.enums import AssetStatus, Backend, BatchStatus, InstanceStatus
+from orchestrator.enums import Backend, BatchStatus, InstanceStatus
 from orchestrator.providers.base import LaunchSpec
 from orchestrator.providers.vast.provider import VastProvider, make_label
 from orchestrator.scheduler.model import SECONDS_PER_HOUR, Tier
@@ -29,20 +28,21 @@ from orchestrator.settings import get_settings
 from orchestrator.tasks.jobs import analyze_batch
 from tests.fakes.vast_server import InstanceFault
 from tests.fakes.worker_hook import kill_worker
-from tests.fixtures.factories import TenantWithKey, make_tenant
 from tests.fixtures.services import OrchestratorEnv
 from tests.integration.cloud_stack import (
-    Upload,
+    IDLE_TIMEOUT_S,
     World,
+    assert_each_asset_has_one_result,
     assert_nothing_leaks,
+    batch_backends,
+    cloud_tenant,
     cloud_world,
+    fake_id_of,
     instance_rows,
-    jpeg,
     run_ticks,
-    upload_and_plan,
+    two_batches,
 )
 
-IDLE_TIMEOUT_S = 3.0
 BOOT_DEADLINE_S = 120.0
 
 
@@ -53,52 +53,6 @@ def world(
     """PostgreSQL + Redis, the fake Vast.ai whose instances are real workers, the API, and the CPU fallback."""
     with cloud_world(tiny_clip_catalog, tmp_path, monkeypatch) as world:
         yield world
-
-
-def cloud_tenant(**policy: object) -> TenantWithKey:
-    """A tenant that rents one instance as soon as work arrives, and lets it idle out quickly."""
-    tenant = make_tenant()
-    with session_scope() as session:
-        budgets.set_policy(
-            session,
-            tenant_id=tenant.id,
-            changes={
-                "scale_up_threshold_gpu_s": 0.0,
-                "scale_up_wait_s": 0.0,
-                "idle_timeout_s": IDLE_TIMEOUT_S,
-                "max_instances": 1,
-                **policy,
-            },
-            now=utcnow(),
-        )
-    return tenant
-
-
-def two_batches(world: World, tenant: TenantWithKey) -> Upload:
-    files = {f"{i}.jpg": jpeg("red" if i % 2 else "blue", "square" if i % 2 else "circle", i) for i in range(4)}
-    upload = upload_and_plan(world.api_url, tenant, files, batch_size=2)
-    assert len(upload.batch_ids) == 2
-    return upload
-
-
-def fake_id_of(tenant_id: uuid.UUID) -> int:
-    [row] = [r for r in instance_rows(tenant_id) if r.state == InstanceStatus.READY]
-    assert row.provider_instance_id is not None
-    return int(row.provider_instance_id)
-
-
-def assert_each_asset_has_one_result(upload: Upload) -> None:
-    with session_scope() as session:
-        statuses = {a.status for a in session.scalars(select(Asset).where(Asset.job_id == upload.job_id))}
-        per_asset = dict(
-            session.execute(
-                select(Result.asset_id, func.count(Result.id))
-                .where(Result.asset_id.in_(list(upload.names)))
-                .group_by(Result.asset_id)
-            ).all()
-        )
-    assert statuses == {AssetStatus.DONE}
-    assert per_asset == dict.fromkeys(upload.names, 1)
 
 
 def deliver_again(batch_ids: list[uuid.UUID]) -> None:
@@ -112,13 +66,6 @@ def deliver_again(batch_ids: list[uuid.UUID]) -> None:
             ]
         for batch_id in open_ids:
             assert analyze_batch(str(batch_id)) in ("done", "claim lost")
-
-
-def batch_backends(upload: Upload) -> list[str | None]:
-    with session_scope() as session:
-        batches = [session.get(Batch, b) for b in upload.batch_ids]
-        assert all(b is not None and b.status == BatchStatus.DONE for b in batches)
-        return [b.backend for b in batches if b is not None]
 
 
 def test_an_instance_killed_mid_batch_hands_its_batches_to_the_cpu_and_is_destroyed(world: World) -> None:
