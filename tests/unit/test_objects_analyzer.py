@@ -339,3 +339,28 @@ def test_person_detector_on_video_reports_the_most_people_in_any_frame(
     best = max(d["score"] for o in outputs for d in o.payload["detections"])
     assert {t.tag: t.score for t in aggregated.tags}["objects/person"] == best
     assert aggregated.embedding is None
+
+
+def test_person_detector_finds_the_people_in_the_shared_video(
+    person_detector: ObjectsAnalyzer, shared_media: Path, shared_models: Path
+) -> None:
+    settings = WorkerSettings()
+    frames = decode_video_frames(
+        shared_media / "talking_zidane_bus.mp4",
+        count=settings.video_frames,
+        max_pixels=settings.max_image_pixels,
+        max_side_px=settings.max_decode_side_px,
+    )
+    outputs = person_detector.run([frame.image for frame in frames], {"conf": 0.5})
+    counts = [
+        (frame.timestamp_s, output.payload["person_count"]) for frame, output in zip(frames, outputs, strict=True)
+    ]
+    aggregated = person_detector.aggregate([(f.timestamp_s, o) for f, o in zip(frames, outputs, strict=True)])
+
+    # The first half is the zidane picture (2 people), the second the bus (people, smaller at 640x360).
+    first_half = [n for ts, n in counts if ts is not None and ts < 3.8]
+    second_half = [n for ts, n in counts if ts is not None and ts >= 3.8]
+    assert first_half and all(n == 2 for n in first_half), counts
+    assert second_half and all(n >= 2 for n in second_half), counts
+    assert aggregated.payload["person_count"] >= 2
+    assert any(t.tag in ("people/pair", "people/group") for t in aggregated.tags)
