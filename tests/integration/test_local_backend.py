@@ -30,21 +30,20 @@ from sqlalchemy import select
 from gpu_worker.contract import BatchManifest, ManifestItem, MediaKind
 from orchestrator.backends.local import LocalWorkerBackend
 from orchestrator.backends.router import available_backends
-from orchestrator.batching import plan_batches
 from orchestrator.db.models import Asset, Batch, ResultTag
 from orchestrator.db.session import session_scope
 from orchestrator.enums import AssetStatus, Backend
 from orchestrator.errors import BackendUnavailableError
 from orchestrator.signing import MediaUrlSigner
-from orchestrator.tasks.jobs import analyze_batch, build_manifest, prepare_asset
+from orchestrator.tasks.jobs import analyze_batch, build_manifest
 from tests.fixtures.factories import TenantWithKey, make_tenant
 from tests.fixtures.processes import ManagedProcess, wait_until
 from tests.fixtures.services import OrchestratorEnv
 from tests.fixtures.tiny_models import TINY_CLIP_ID, draw_shape
+from tests.integration import cloud_stack
 
 SECRET = "local-backend-test-secret-0123456789abcdef"
 WORKER_TOKEN = "local-worker-token-5d1e0c7a"
-SHAPES = {"clip": {"vocabulary": {"shape": ["red square", "blue circle"]}, "threshold": 0.0, "nsfw": False}}
 
 
 @dataclass
@@ -169,26 +168,11 @@ class Upload:
 
 
 def upload_and_plan(stack: Stack, files: dict[str, bytes]) -> Upload:
-    """Upload through the running API, then prepare and plan as the Celery tasks would (called directly)."""
+    """A new tenant's job of ``files``, uploaded, prepared and planned into one batch."""
     tenant = make_tenant()
-    with httpx.Client(base_url=stack.api_url, headers=tenant.headers, timeout=30) as client:
-        job = client.post("/api/v1/jobs", json={"name": "local", "analyzers": ["clip"], "options": SHAPES})
-        assert job.status_code == 201, job.text
-        job_id = job.json()["id"]
-        sent = client.post(
-            f"/api/v1/jobs/{job_id}/files",
-            files=[("files", (name, data, "image/jpeg")) for name, data in files.items()],
-        )
-        assert sent.status_code == 201, sent.text
-        accepted = sent.json()["files"]
-        for file in accepted:
-            assert prepare_asset(file["asset_id"])
-        assert client.post(f"/api/v1/jobs/{job_id}/seal").status_code == 200
-    with session_scope() as session:
-        batch_ids = plan_batches(session, job_id=uuid.UUID(job_id), batch_size=16, max_attempts=3)
-    assert batch_ids is not None and len(batch_ids) == 1
-    names = {uuid.UUID(f["asset_id"]): f["name"] for f in accepted}
-    return Upload(tenant, batch_ids[0], {a: files[n] for a, n in names.items()}, names)
+    planned = cloud_stack.upload_and_plan(stack.api_url, tenant, files)
+    assert len(planned.batch_ids) == 1
+    return Upload(tenant, planned.batch_ids[0], {a: files[n] for a, n in planned.names.items()}, planned.names)
 
 
 def test_a_batch_runs_on_the_local_worker_through_signed_media_urls(stack: Stack) -> None:
