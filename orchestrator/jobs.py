@@ -143,3 +143,27 @@ def results_for_assets(
     ):
         tags[tag.asset_id].append(tag)
     return payloads, tags
+
+
+def progress_for_jobs(session: Session, *, job_ids: list[uuid.UUID]) -> dict[uuid.UUID, JobProgress]:
+    """Asset counts by status of several jobs at once (one grouped query, for a page of the job list)."""
+    counts: dict[uuid.UUID, dict[str, int]] = {job_id: {} for job_id in job_ids}
+    if job_ids:
+        rows = session.execute(
+            select(Asset.job_id, Asset.status, func.count())
+            .where(Asset.job_id.in_(job_ids))
+            .group_by(Asset.job_id, Asset.status)
+        )
+        for job_id, status, n in rows:
+            counts[job_id][str(status)] = int(n)
+    return {
+        job_id: JobProgress(
+            total=sum(by_status.values()),
+            uploaded=by_status.get(AssetStatus.UPLOADED, 0),
+            prepared=by_status.get(AssetStatus.PREPARED, 0),
+            analyzing=by_status.get(AssetStatus.ANALYZING, 0),
+            done=by_status.get(AssetStatus.DONE, 0),
+            failed=by_status.get(AssetStatus.FAILED, 0),
+        )
+        for job_id, by_status in counts.items()
+    }

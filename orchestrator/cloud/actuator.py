@@ -61,6 +61,7 @@ from orchestrator.scheduler.offers import load_throughput_table
 from orchestrator.scheduler.policy import decide, failure_reason
 from orchestrator.scheduler.tenant_state import CloudState, cloud_states
 from orchestrator.scheduler.throughput import current_table
+from orchestrator.scheduler_events import record_tick
 from orchestrator.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -156,6 +157,7 @@ def tick(
     report.actions = decide(snapshot)
     report.cloud_states = _store_cloud_states(session_factory, snapshot, report.actions, now=now)
     _apply(session_factory, provider, snapshot, rows, now=now, settings=settings, report=report)
+    record_tick(session_factory, snapshot, report.actions, rented=report.rented, now=now)
     return report
 
 

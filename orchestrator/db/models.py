@@ -98,6 +98,44 @@ class ApiKey(Base):
     tenant: Mapped[Tenant] = relationship()
 
 
+class User(Base):
+    """A person who signs in to the dashboard. Members belong to a tenant; operators may have none.
+
+    Only a scrypt verifier of the password is stored (``orchestrator.accounts``).
+    """
+
+    __tablename__ = "users"
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=_new_id)
+    tenant_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), index=True)
+    username: Mapped[str] = mapped_column(String(100), unique=True)
+    password_hash: Mapped[str] = mapped_column(String(300))
+    role: Mapped[str] = mapped_column(String(16), default="member")
+    disabled: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    last_login_at: Mapped[datetime | None] = mapped_column(default=None)
+
+
+class WebSession(Base):
+    """A signed-in browser. The cookie holds a random token; only its sha256 is stored, so a database leak signs
+    nobody in. Signing out deletes the row, which ends the session at once."""
+
+    __tablename__ = "web_sessions"
+    __table_args__ = (Index("ix_web_sessions_expires_at", "expires_at"),)
+
+    token_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    user_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    # Set when the browser signed in with an API key (revoking the key ends the session) or an admin token.
+    api_key_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("api_keys.id", ondelete="CASCADE"))
+    tenant_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"))
+    role: Mapped[str] = mapped_column(String(16))
+    label: Mapped[str] = mapped_column(String(100))
+    csrf_token: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    last_seen_at: Mapped[datetime] = mapped_column(default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column()
+
+
 class Job(Base):
     """A set of files submitted together, analyzed with one set of analyzer options."""
 
@@ -132,6 +170,8 @@ class Asset(Base):
         ),
         Index("ix_assets_tenant_sha256", "tenant_id", "sha256"),
         Index("ix_assets_job_status", "job_id", "status"),
+        # The dashboard's gallery pages through a tenant's assets newest first.
+        Index("ix_assets_tenant_created", "tenant_id", "created_at"),
     )
 
     id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=_new_id)
@@ -362,3 +402,35 @@ class GpuThroughputSample(Base):
     images_per_s: Mapped[float] = mapped_column(Float)
     source: Mapped[str] = mapped_column(String(120))
     measured_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class TenantSettingsRow(Base):
+    """A tenant's analysis settings (``orchestrator.tenant_settings``): the analyzers new jobs run by default, the
+    tag vocabulary (None: the default vocabulary) and the NSFW threshold. No row means the defaults."""
+
+    __tablename__ = "tenant_settings"
+
+    tenant_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), primary_key=True)
+    analyzers: Mapped[list[str]] = mapped_column(default=list)
+    vocabulary: Mapped[dict[str, Any] | None] = mapped_column(JSON(none_as_null=True), default=None)
+    nsfw_threshold: Mapped[float] = mapped_column(Float, default=0.5)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+
+class SchedulerEvent(Base):
+    """One scheduler decision about a tenant (``orchestrator.scheduler_events``): why it rented, destroyed, warned,
+    fell back, or did not rent while work waited. Written only when it differs from the tenant's last event."""
+
+    __tablename__ = "scheduler_events"
+    __table_args__ = (
+        Index("ix_scheduler_events_tenant_at", "tenant_id", "at"),
+        Index("ix_scheduler_events_at", "at"),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True)
+    tenant_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"))
+    at: Mapped[datetime] = mapped_column(default=utcnow)
+    kind: Mapped[str] = mapped_column(String(16))
+    reason: Mapped[str] = mapped_column(String(32))
+    message: Mapped[str] = mapped_column(Text, default="")
+    instance_id: Mapped[str | None] = mapped_column(String(64), default=None)

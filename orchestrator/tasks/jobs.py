@@ -236,8 +236,9 @@ def reap() -> dict[str, int]:
                 .join(Job, Job.id == Asset.job_id)
                 .where(
                     Asset.status == AssetStatus.UPLOADED,
-                    Asset.created_at < now - grace,
-                    Job.status.in_([JobStatus.OPEN, JobStatus.QUEUED]),
+                    Asset.updated_at < now - grace,
+                    # A retry sends failed files of a running job back to UPLOADED too.
+                    Job.status.in_([JobStatus.OPEN, JobStatus.QUEUED, JobStatus.RUNNING]),
                 )
             )
         )

@@ -12,7 +12,15 @@ from sqlalchemy import select
 
 from orchestrator import budgets
 from orchestrator.cloud.instances import acquire_slot, mark_failed, ready_instances, release_slot
-from orchestrator.db.models import Batch, BudgetHold, ExcludedMachine, Instance, LedgerEntry, TenantBudget
+from orchestrator.db.models import (
+    Batch,
+    BudgetHold,
+    ExcludedMachine,
+    Instance,
+    LedgerEntry,
+    SchedulerEvent,
+    TenantBudget,
+)
 from orchestrator.db.session import session_scope
 from orchestrator.enums import BatchStatus, InstanceStatus
 from orchestrator.scheduler import ledger
@@ -302,4 +310,52 @@ def test_a_restarted_orchestrator_rents_nothing_twice(cloud_sqlite: CloudHarness
     assert len(h.fake.instances) == 1, "one rental in all"
     assert [r.state for r in _rows()] == [InstanceStatus.READY]
     _ = timedelta
+    _drain(h)
+
+
+def _events(tenant_id: uuid.UUID) -> list[tuple[str, str, str | None]]:
+    with session_scope() as session:
+        rows = session.scalars(
+            select(SchedulerEvent).where(SchedulerEvent.tenant_id == tenant_id).order_by(SchedulerEvent.id)
+        )
+        return [(e.kind, e.reason, e.instance_id) for e in rows]
+
+
+def test_each_tick_records_why_it_rented_waited_and_destroyed_once_per_change(cloud_sqlite: CloudHarness) -> None:
+    h = cloud_sqlite
+    tenant_id = _tenant({"max_instances": 1})
+    batch_id = add_pending_batch(tenant_id, assets=8, created_at=T0)
+
+    h.tick()
+    (row,) = _rows()
+    for t in (5, 10, 15):
+        h.clock.t = t
+        h.tick()
+    assert _events(tenant_id) == [("rent", "waiting", str(row.id)), ("hold", "max_instances", None)], (
+        "the rental names its instance; four ticks at the limit write one row"
+    )
+
+    h.clock.t = 40
+    h.tick()
+    finish_batch(batch_id, at=h.clock.now())
+    h.clock.t = 300
+    h.tick()
+    assert _events(tenant_id)[-1] == ("destroy", "idle", str(row.id))
+    with session_scope() as session:
+        messages = [e.message for e in session.scalars(select(SchedulerEvent).order_by(SchedulerEvent.id))]
+    assert "rented a RTX 4090" in messages[0] and "idle timeout of 120 s" in messages[-1]
+    _drain(h)
+
+
+def test_events_older_than_thirty_days_are_deleted_by_a_later_tick(cloud_sqlite: CloudHarness) -> None:
+    h = cloud_sqlite
+    tenant_id = _tenant()
+    with session_scope() as session:
+        session.add(SchedulerEvent(tenant_id=tenant_id, at=h.clock.now() - timedelta(days=31), kind="wait", reason="x"))
+        session.add(SchedulerEvent(tenant_id=tenant_id, at=h.clock.now() - timedelta(days=29), kind="wait", reason="y"))
+    add_pending_batch(tenant_id, assets=4, created_at=T0)
+
+    h.tick()
+
+    assert [reason for _, reason, _ in _events(tenant_id)] == ["y", "waiting"]
     _drain(h)
