@@ -115,6 +115,10 @@ db_app = typer.Typer(help="Database migrations (Alembic).", no_args_is_help=True
 tenants_app = typer.Typer(help="Tenants and their API keys, directly on the configured database.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 app.add_typer(tenants_app, name="tenants")
+users_app = typer.Typer(
+    help="Dashboard users (sign-in with a password), directly on the configured database.", no_args_is_help=True
+)
+app.add_typer(users_app, name="users")
 
 console = Console(highlight=False)
 err_console = Console(stderr=True, highlight=False)
@@ -813,6 +817,111 @@ def tenants_revoke_key(key_id: Annotated[str, typer.Argument(help="Key id.", sho
         with session_scope() as session:
             revoke_api_key(session, key_id=parsed)
     _say(f"revoked key {parsed}")
+
+
+def _read_password(from_stdin: bool) -> str:
+    if from_stdin:
+        return sys.stdin.readline().rstrip("\r\n")
+    password: str = typer.prompt("Password", hide_input=True, confirmation_prompt=True)
+    return password
+
+
+@users_app.command("add")
+def users_add(
+    username: Annotated[str, typer.Argument(help="Sign-in name (letters, digits, . _ - @).", show_default=False)],
+    tenant_name: Annotated[
+        str | None, typer.Option("--tenant", help="The tenant the user works in (required for members).")
+    ] = None,
+    operator: Annotated[bool, typer.Option("--operator", help="Manage tenants and see all spend.")] = False,
+    password_stdin: Annotated[
+        bool, typer.Option("--password-stdin", help="Read the password from the first line of stdin.")
+    ] = False,
+) -> None:
+    """Create a dashboard user; the password is asked for (or read from stdin), never taken as an argument."""
+    password = _read_password(password_stdin)
+    with _server_errors():
+        from orchestrator.accounts import Role, create_user
+        from orchestrator.db.session import session_scope
+        from orchestrator.tenants import get_tenant_by_name
+
+        with session_scope() as session:
+            tenant_id = None
+            if tenant_name is not None:
+                tenant = get_tenant_by_name(session, name=tenant_name)
+                if tenant is None:
+                    _fail(f"no tenant named {tenant_name!r}")
+                tenant_id = tenant.id
+            role = Role.OPERATOR if operator else Role.MEMBER
+            create_user(session, username=username, password=password, role=role, tenant_id=tenant_id)
+    _say(f"created {role.value} {username.strip().lower()}" + (f" in tenant {tenant_name}" if tenant_name else ""))
+
+
+@users_app.command("list")
+def users_list() -> None:
+    """List dashboard users."""
+    with _server_errors():
+        from sqlalchemy import select
+
+        from orchestrator.accounts import list_users
+        from orchestrator.db.models import Tenant
+        from orchestrator.db.session import session_scope
+
+        with session_scope() as session:
+            names = {t.id: t.name for t in session.scalars(select(Tenant))}
+            rows = [
+                (
+                    u.username,
+                    u.role,
+                    names.get(u.tenant_id, "") if u.tenant_id else "",
+                    "yes" if u.disabled else "no",
+                    _when(u.last_login_at) if u.last_login_at else "never",
+                )
+                for u in list_users(session)
+            ]
+    table = Table(title=f"{len(rows)} users")
+    for column in ("username", "role", "tenant", "disabled", "last sign-in"):
+        table.add_column(column)
+    for row in rows:
+        table.add_row(*(Text(str(v)) for v in row))
+    _print_table(table)
+
+
+@users_app.command("password")
+def users_password(
+    username: Annotated[str, typer.Argument(help="Sign-in name.", show_default=False)],
+    password_stdin: Annotated[
+        bool, typer.Option("--password-stdin", help="Read the password from the first line of stdin.")
+    ] = False,
+) -> None:
+    """Set a user's password; the user's open sessions end."""
+    password = _read_password(password_stdin)
+    with _server_errors():
+        from orchestrator.accounts import set_password
+        from orchestrator.db.session import session_scope
+        from orchestrator.web_sessions import end_all_for_user
+
+        with session_scope() as session:
+            user = set_password(session, username=username, password=password)
+            end_all_for_user(session, user_id=user.id)
+    _say(f"password of {username.strip().lower()} changed; its sessions were signed out")
+
+
+@users_app.command("disable")
+def users_disable(
+    username: Annotated[str, typer.Argument(help="Sign-in name.", show_default=False)],
+    enable: Annotated[bool, typer.Option("--enable", help="Enable the user again.")] = False,
+) -> None:
+    """Disable a user (its sessions stop working at once), or enable it again."""
+    with _server_errors():
+        from orchestrator.accounts import set_disabled
+        from orchestrator.db.session import session_scope
+        from orchestrator.web_sessions import end_all_for_user
+
+        with session_scope() as session:
+            user = set_disabled(session, username=username, disabled=not enable)
+            if not enable:
+                end_all_for_user(session, user_id=user.id)
+    _say(f"{'enabled' if enable else 'disabled'} {username.strip().lower()}")
 
 
 @app.command()

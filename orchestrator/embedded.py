@@ -101,13 +101,17 @@ def run_up(host: str = "127.0.0.1", port: int = 8000, data_dir: Path | None = No
     console.print(f"[bold green]AI Media Analysis[/] is running at [bold]{url}[/]  (API docs: {url}/docs)")
     console.print(f"API key (tenant '{DEFAULT_TENANT}'): [bold]{api_key}[/]  (also in {data_dir / FIRST_KEY_FILE})")
     console.print(f"Data: {data_dir}   Logs: {data_dir / 'logs'}")
+    console.print(f"Dashboard: open {url} and sign in with that API key, or create a user with a password:")
+    console.print(f"  orchestrator users add YOUR-NAME --tenant {DEFAULT_TENANT}")
     console.print("Submit files with:  orchestrator submit ./photos --wait")
     try:
         import uvicorn
 
         from orchestrator.api.main import create_app
 
-        uvicorn.run(create_app(), host=host, port=port, log_level="warning")
+        # Behind a reverse proxy the forwarded scheme makes the dashboard's cookie Secure (uvicorn trusts
+        # X-Forwarded-* from loopback only by default).
+        uvicorn.run(create_app(), host=host, port=port, log_level="warning", proxy_headers=True)
     finally:
         for child in children:
             child.terminate()

@@ -44,6 +44,10 @@ class Settings(BaseSettings):
     # The base URL that workers use to reach this API (signed media URLs); default http://api_host:api_port.
     public_url: str = ""
 
+    # The dashboard's session cookie is Secure when the request came over HTTPS (behind nginx: X-Forwarded-Proto);
+    # set this to force it either way.
+    session_cookie_secure: bool | None = None
+
     max_upload_bytes: int = 2 * 1024**3
     max_image_pixels: int = 100_000_000
     batch_size: int = 16

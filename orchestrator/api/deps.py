@@ -8,6 +8,7 @@ from typing import Annotated
 from fastapi import Depends, Header, Request
 from sqlalchemy.orm import Session
 
+from orchestrator.api.dashboard.web import CSRF_HEADER, WebIdentity, csrf_matches, session_identity
 from orchestrator.db.models import Tenant
 from orchestrator.db.session import get_sessionmaker
 from orchestrator.errors import MediaAnalysisError
@@ -27,6 +28,9 @@ class ForbiddenError(MediaAnalysisError):
     """Valid credentials without the right to do this."""
 
     code = "forbidden"
+
+
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
 
 def get_session() -> Iterator[Session]:
@@ -56,16 +60,41 @@ SettingsDep = Annotated[Settings, Depends(get_settings)]
 StorageDep = Annotated[LocalStorage, Depends(get_storage)]
 
 
-def get_tenant(session: SessionDep, authorization: Annotated[str | None, Header()] = None) -> Tenant:
-    """The tenant that owns the presented API key."""
+def _dashboard_session(request: Request) -> WebIdentity | None:
+    """The dashboard session of a browser calling the API with its cookie; unsafe methods must also send the
+    session's CSRF token in ``X-CSRF-Token`` (the cookie alone would let any site post on the user's behalf)."""
+    identity = session_identity(request)
+    if identity is None:
+        return None
+    if request.method not in SAFE_METHODS and not csrf_matches(identity, request.headers.get(CSRF_HEADER)):
+        raise ForbiddenError("send the dashboard's CSRF token in the X-CSRF-Token header", code="csrf_failed")
+    return identity
+
+
+def get_tenant(request: Request, session: SessionDep, authorization: Annotated[str | None, Header()] = None) -> Tenant:
+    """The tenant that owns the presented API key, or the tenant of the browser's dashboard session."""
+    if authorization is None:
+        identity = _dashboard_session(request)
+        if identity is not None and identity.tenant_id is not None:
+            tenant = session.get(Tenant, identity.tenant_id)
+            if tenant is not None and not tenant.disabled:
+                return tenant
     tenant = tenant_for_api_key(session, plaintext=_bearer(authorization))
     if tenant is None:
         raise AuthError("the API key is unknown or revoked")
     return tenant
 
 
-def require_admin(settings: SettingsDep, authorization: Annotated[str | None, Header()] = None) -> None:
-    """Admin routes need the deployment's admin token."""
+def require_admin(
+    request: Request, settings: SettingsDep, authorization: Annotated[str | None, Header()] = None
+) -> None:
+    """Admin routes need the deployment's admin token, or an operator's dashboard session."""
+    if authorization is None:
+        identity = _dashboard_session(request)
+        if identity is not None:
+            if identity.is_operator:
+                return
+            raise ForbiddenError("operators only")
     token = _bearer(authorization)
     if not settings.admin_token or not constant_time_equals(token, settings.admin_token):
         raise ForbiddenError("admin token required")

@@ -2,10 +2,29 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict
+
 from sqlalchemy.orm import Session
 
-from orchestrator.api.schemas import AssetPublic, JobPublic, ProgressPublic, TagPublic
+from orchestrator.api.schemas import (
+    AssetPublic,
+    BackendUsePublic,
+    BatchLinePublic,
+    CancelPublic,
+    FailedFilePublic,
+    GalleryItemPublic,
+    GalleryPublic,
+    JobPublic,
+    JobReportPublic,
+    NotRetryablePublic,
+    ProgressPublic,
+    RetryPublic,
+    TagPublic,
+)
 from orchestrator.db.models import Asset, Job
+from orchestrator.gallery import GalleryPage
+from orchestrator.job_control import CancelOutcome, RetryOutcome
+from orchestrator.job_reports import JobReport
 from orchestrator.jobs import job_progress, results_for_assets
 
 
@@ -50,3 +69,69 @@ def assets_public(session: Session, assets: list[Asset]) -> list[AssetPublic]:
         )
         for a in assets
     ]
+
+
+def cancel_public(session: Session, outcome: CancelOutcome) -> CancelPublic:
+    """The answer to a cancel."""
+    return CancelPublic(
+        job=job_public(session, outcome.job),
+        cancelled_now=outcome.cancelled_now,
+        stopped_batches=outcome.stopped_batches,
+        cancelled_files=outcome.cancelled_assets,
+    )
+
+
+def retry_public(session: Session, outcome: RetryOutcome) -> RetryPublic:
+    """The answer to a retry."""
+    return RetryPublic(
+        job=job_public(session, outcome.job),
+        retried=outcome.retried,
+        not_retryable=[NotRetryablePublic(**asdict(n)) for n in outcome.not_retryable],
+    )
+
+
+def report_public(session: Session, job: Job, report: JobReport) -> JobReportPublic:
+    """A job's backends, estimated cost and failures."""
+    return JobReportPublic(
+        job=job_public(session, job),
+        backends=[BackendUsePublic(**{k: v for k, v in asdict(use).items() if k != "key"}) for use in report.backends],
+        batches=[
+            BatchLinePublic(
+                **{**{k: v for k, v in asdict(line).items() if k != "backend_label"}, "backend": line.backend_label}
+            )
+            for line in report.batches
+        ],
+        cost_usd=report.cost_usd,
+        cost_is_estimate=report.cost_is_estimate,
+        failed=[FailedFilePublic(**asdict(f)) for f in report.failed],
+        failed_total=report.failed_total,
+    )
+
+
+def gallery_public(page: GalleryPage) -> GalleryPublic:
+    """A gallery page for the REST API."""
+    return GalleryPublic(
+        data=[
+            GalleryItemPublic(
+                id=item.id,
+                job_id=item.job_id,
+                name=item.name,
+                media_kind=item.media_kind,
+                status=item.status,
+                created_at=item.created_at,
+                size=item.size_bytes,
+                width=item.width,
+                height=item.height,
+                duration_s=item.duration_s,
+                thumbnail_url=f"/api/v1/assets/{item.id}/thumbnail" if item.has_thumbnail else None,
+                error_code=item.error_code,
+                error_message=item.error_message,
+                tags=[TagPublic(tag=t.tag, score=t.score, analyzer=t.analyzer) for t in item.tags],
+                nsfw_score=item.nsfw_score,
+            )
+            for item in page.items
+        ],
+        count=page.total,
+        older=page.older,
+        newer=page.newer,
+    )

@@ -149,3 +149,111 @@ class AssetsPublic(BaseModel):
 
     data: list[AssetPublic]
     count: int
+
+
+class CancelPublic(BaseModel):
+    """The answer to a cancel: the job, whether this call cancelled it, and what it stopped."""
+
+    job: JobPublic
+    cancelled_now: bool
+    stopped_batches: int
+    cancelled_files: int
+
+
+class NotRetryablePublic(BaseModel):
+    """A failed file that retry cannot put back to work, and why."""
+
+    asset_id: uuid.UUID
+    name: str
+    code: str | None
+    reason: str
+
+
+class RetryPublic(BaseModel):
+    """The answer to a retry: how many failed files went back to work, and those that cannot."""
+
+    job: JobPublic
+    retried: int
+    not_retryable: list[NotRetryablePublic]
+
+
+class BackendUsePublic(BaseModel):
+    """How much of a job ran on one backend (a rented instance with its GPU, a local GPU worker, or the CPU)."""
+
+    kind: str
+    label: str
+    batches: int
+    assets: int
+    run_s: float
+    cost_usd: float
+    gpu_name: str | None
+    price_per_h_usd: float | None
+    instance_id: uuid.UUID | None
+    inferred: bool = Field(description="the instance was inferred from the tenant's instances alive at the time")
+
+
+class BatchLinePublic(BaseModel):
+    """One batch of a job."""
+
+    id: uuid.UUID
+    status: str
+    assets: int
+    attempts: int
+    backend: str
+    started_at: datetime | None
+    finished_at: datetime | None
+    run_s: float | None
+    cost_usd: float
+    last_error: str | None
+
+
+class FailedFilePublic(BaseModel):
+    """A failed file of a job with its error, and whether retry can put it back to work."""
+
+    asset_id: uuid.UUID
+    name: str
+    code: str | None
+    message: str | None
+    retryable: bool
+
+
+class JobReportPublic(BaseModel):
+    """Where a job's batches ran, its estimated cost so far, and its failed files."""
+
+    job: JobPublic
+    backends: list[BackendUsePublic]
+    batches: list[BatchLinePublic]
+    cost_usd: float
+    cost_is_estimate: bool
+    failed: list[FailedFilePublic]
+    failed_total: int
+
+
+class GalleryItemPublic(BaseModel):
+    """An asset as the gallery lists it: its best few tags, NSFW score and thumbnail address."""
+
+    id: uuid.UUID
+    job_id: uuid.UUID
+    name: str
+    media_kind: str | None
+    status: str
+    created_at: datetime
+    size: int
+    width: int | None
+    height: int | None
+    duration_s: float | None
+    thumbnail_url: str | None
+    error_code: str | None
+    error_message: str | None
+    tags: list[TagPublic]
+    nsfw_score: float | None
+
+
+class GalleryPublic(BaseModel):
+    """A page of a tenant's assets, newest first; pass ``older`` (or ``newer``) back as ``cursor`` for the next page
+    (with ``direction=newer`` for the newer one)."""
+
+    data: list[GalleryItemPublic]
+    count: int
+    older: str | None
+    newer: str | None

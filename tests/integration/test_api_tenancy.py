@@ -56,6 +56,15 @@ TENANT_ROUTES: dict[tuple[str, str], Call] = {
     ("GET", "/api/v1/assets/{asset_id}"): Call(),
     ("GET", "/api/v1/assets/{asset_id}/download"): Call(),
     ("GET", "/api/v1/assets/{asset_id}/thumbnail"): Call(),
+    ("GET", "/api/v1/assets"): Call(names_an_object=False),
+    ("GET", "/api/v1/assets/{asset_id}/original"): Call(),
+    ("GET", "/api/v1/jobs/{job_id}/report"): Call(),
+    ("GET", "/api/v1/jobs/{job_id}/results"): Call(),
+    ("POST", "/api/v1/jobs/{job_id}/retry"): Call(),
+    ("GET", "/api/v1/settings"): Call(names_an_object=False),
+    ("PUT", "/api/v1/settings"): Call(json={"nsfw_threshold": 0.4}, names_an_object=False),
+    ("GET", "/api/v1/spend"): Call(names_an_object=False),
+    ("POST", "/api/v1/jobs/{job_id}/cancel"): Call(),
     ("POST", "/api/v1/jobs/{job_id}/seal"): Call(),
 }
 
@@ -64,6 +73,8 @@ ADMIN_ROUTES: dict[tuple[str, str], Call] = {
     ("GET", "/api/v1/admin/tenants"): Call(names_an_object=False),
     ("POST", "/api/v1/admin/tenants/{tenant_id}/keys"): Call(json={"name": "k"}, ok=(201,)),
     ("DELETE", "/api/v1/admin/keys/{key_id}"): Call(ok=(204,)),
+    ("GET", "/api/v1/admin/spend"): Call(names_an_object=False),
+    ("GET", "/api/v1/admin/instances"): Call(names_an_object=False),
 }
 
 # starlette's TestClient answers with an httpx2 (or, on older versions, httpx) response.

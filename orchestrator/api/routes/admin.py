@@ -1,4 +1,4 @@
-"""Admin routes: tenants and their API keys."""
+"""Admin routes: tenants and their API keys, every tenant's spend, and every instance."""
 
 from __future__ import annotations
 
@@ -7,7 +7,10 @@ import uuid
 from fastapi import APIRouter, Response, status
 
 from orchestrator.api.deps import AdminDep, SessionDep
+from orchestrator.api.routes.settings import InstancePublic, InstancesPublic, TenantSpendPublic, TenantsSpendPublic
 from orchestrator.api.schemas import ApiKeyCreate, ApiKeyIssued, TenantCreate, TenantPublic, TenantsPublic
+from orchestrator.clock import utcnow
+from orchestrator.spend import instances_now, tenants_spend
 from orchestrator.tenants import create_tenant, issue_api_key, list_tenants, revoke_api_key
 
 router = APIRouter(prefix="/admin", tags=["admin"])
@@ -42,3 +45,17 @@ def delete_key(key_id: uuid.UUID, session: SessionDep, _: AdminDep) -> Response:
     revoke_api_key(session, key_id=key_id)
     session.commit()
     return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+@router.get("/spend")
+def get_spend(session: SessionDep, _: AdminDep) -> TenantsSpendPublic:
+    """Every tenant's spend today and this month against its caps, by name."""
+    rows = tenants_spend(session, now=utcnow())
+    return TenantsSpendPublic(data=[TenantSpendPublic.of(r) for r in rows], count=len(rows))
+
+
+@router.get("/instances")
+def get_instances(session: SessionDep, _: AdminDep) -> InstancesPublic:
+    """Every instance that may be billing, of all tenants; those in ALERT (destroys kept failing) first."""
+    found = instances_now(session, now=utcnow())
+    return InstancesPublic(data=[InstancePublic.of(i) for i in found], count=len(found))
