@@ -31,6 +31,7 @@ pytest_plugins = [
     "tests.fixtures.services",
     "tests.fakes.vast_server",
     "tests.fixtures.cloud_harness",
+    "tests.fixtures.deployment",
 ]
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
