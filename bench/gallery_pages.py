@@ -14,19 +14,19 @@ Prints figures only; nothing here is an assertion about time.
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from scratch_db import DEFAULT_ADMIN_URL, scratch_postgres  # noqa: E402
 from sqlalchemy import insert, select, text  # noqa: E402
 from sqlalchemy.orm import Session  # noqa: E402
 
@@ -191,21 +191,6 @@ def measure(url: str, *, n: int, repeat: int) -> None:
         print(f"  {label:<44} {ms:8.2f} ms")
 
 
-def _pg_database(admin_url: str) -> Iterator[str]:
-    import psycopg
-
-    name = f"mam_bench_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(admin_url, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield admin_url.rsplit("/", 1)[0] + f"/{name}"
-    finally:
-        get_engine.cache_clear()
-        get_sessionmaker.cache_clear()
-        with psycopg.connect(admin_url, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
-
 def main() -> None:
     """Run the benchmark on SQLite and, unless told not to, on PostgreSQL."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -214,14 +199,14 @@ def main() -> None:
     parser.add_argument("--no-pg", action="store_true", help="SQLite only")
     parser.add_argument(
         "--pg-admin-url",
-        default=os.environ.get("TEST_PG_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres"),
+        default=DEFAULT_ADMIN_URL,
         help="a PostgreSQL server where a scratch database may be created and dropped",
     )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="gallery-bench-") as folder:
         measure(f"sqlite:///{Path(folder, 'bench.sqlite').as_posix()}", n=args.n, repeat=args.repeat)
     if not args.no_pg:
-        for url in _pg_database(args.pg_admin_url):
+        with scratch_postgres(args.pg_admin_url) as url:
             measure(url, n=args.n, repeat=args.repeat)
 
 

@@ -54,6 +54,7 @@ from orchestrator.client import (
     AssetPublic,
     JobPublic,
     LocalFile,
+    SearchResults,
     UploadStatus,
 )
 from orchestrator.client_config import (
@@ -119,6 +120,19 @@ users_app = typer.Typer(
     help="Dashboard users (sign-in with a password), directly on the configured database.", no_args_is_help=True
 )
 app.add_typer(users_app, name="users")
+# The library commands live with the library; the module imports only Typer until a command runs.
+from orchestrator.library.commands import library_app  # noqa: E402
+
+app.add_typer(library_app, name="library")
+from orchestrator.writeback.commands import writeback_app  # noqa: E402
+
+app.add_typer(writeback_app, name="writeback")
+from orchestrator.people.commands import people_app  # noqa: E402
+
+app.add_typer(people_app, name="people")
+from orchestrator.backup.commands import backup_app  # noqa: E402
+
+app.add_typer(backup_app, name="backup")
 
 console = Console(highlight=False)
 err_console = Console(stderr=True, highlight=False)
@@ -642,6 +656,27 @@ def jobs_command(
     _print_table(table)
 
 
+@app.command("duplicates")
+def duplicates_command(
+    near: Annotated[bool, typer.Option("--near", help="Pictures that look the same instead of identical files.")] = (
+        False
+    ),
+    threshold: Annotated[
+        int | None, typer.Option("--threshold", min=0, max=12, help="--near: most differing hash bits (of 64).")
+    ] = None,
+    limit: Annotated[int, typer.Option("--limit", min=1, max=200, help="How many groups to show.")] = 50,
+    api_url: ApiUrlOption = None,
+    api_key: ApiKeyOption = None,
+) -> None:
+    """List duplicate files: the same file in several jobs, or with --near pictures that look the same."""
+    from orchestrator.duplicates.report import duplicates_table
+
+    config = _client_config(api_url, api_key)
+    with make_client(config) as client, _api_errors(config):
+        page = client.list_duplicates(near=near, threshold=threshold, limit=limit)
+    _print_table(duplicates_table(page))
+
+
 @app.command("results")
 def results_command(
     job_id: Annotated[str, typer.Argument(help="Job id.", show_default=False)],
@@ -665,6 +700,64 @@ def results_command(
     except OSError as exc:
         _fail(f"cannot write {output}: {exc.strerror or exc}")
     err_console.print(Text(f"wrote {len(assets)} assets to {output}"), soft_wrap=True)
+
+
+@app.command("search")
+def search_command(
+    query: Annotated[str, typer.Argument(help="A query, e.g. 'tag:animal/* \"red car\" -kind:video'.")],
+    limit: Annotated[int, typer.Option("--limit", min=1, max=200, help="How many results to show.")] = 20,
+    offset: Annotated[int, typer.Option("--offset", min=0, help="How many results to skip.")] = 0,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the answer as JSON.")] = False,
+    api_url: ApiUrlOption = None,
+    api_key: ApiKeyOption = None,
+) -> None:
+    """Search your assets: tags, words from tags, transcripts and file names, and fields (see docs/search.md)."""
+    config = _client_config(api_url, api_key)
+    with make_client(config) as client, _api_errors(config):
+        page = client.search(query, limit=limit, offset=offset)
+    if as_json:
+        typer.echo(page.model_dump_json(indent=2))
+        return
+    _print_table(search_table(page, offset=offset))
+
+
+def search_table(page: SearchResults, *, offset: int) -> Table:
+    """Search results as a table: name, kind, score, top tags, id."""
+    shown = f"{offset + 1 if page.data else 0}-{offset + len(page.data)}"
+    table = Table(title=f"results {shown} of {page.count} (by {page.ranked_by})", box=SIMPLE)
+    table.add_column("name", ratio=1)
+    table.add_column("kind", no_wrap=True)
+    table.add_column("score", justify="right", no_wrap=True)
+    table.add_column("top tags", ratio=1)
+    table.add_column("id", no_wrap=True, min_width=36)
+    for hit in page.data:
+        score = "-" if hit.score is None else f"{hit.score:.3g}"
+        tags = ", ".join(t.tag for t in hit.tags[:3])
+        table.add_row(Text(hit.name), hit.media_kind or "-", score, Text(tags), hit.id)
+    return table
+
+
+@app.command("similar")
+def similar_command(
+    asset: Annotated[str | None, typer.Option("--asset", help="Find assets like this asset id.")] = None,
+    text: Annotated[str | None, typer.Option("--text", help='Find pictures matching a text ("a red car").')] = None,
+    limit: Annotated[int, typer.Option("--limit", min=1, max=100, help="How many to show.")] = 20,
+    api_url: ApiUrlOption = None,
+    api_key: ApiKeyOption = None,
+) -> None:
+    """Assets most like an asset ("more like this"), or pictures that match a text, best first."""
+    if (asset is None) == (text is None):
+        _fail("give --asset ID or --text TEXT (one of them)")
+    config = _client_config(api_url, api_key)
+    with make_client(config) as client, _api_errors(config):
+        answer = client.similar(asset_id=asset, text=text, limit=limit)
+    table = Table(box=SIMPLE)
+    for column in ("similarity", "asset", "name", "tags"):
+        table.add_column(column)
+    for card in answer.get("data", []):
+        tags = ", ".join(t["tag"] for t in card.get("tags", []))
+        table.add_row(f"{card['similarity']:.3f}", card["id"], Text(card["name"]), Text(tags))
+    _print_table(table)
 
 
 # -- server commands ------------------------------------------------------------------------------------------------
@@ -746,6 +839,23 @@ def db_current() -> None:
         from orchestrator.db import migrate
 
         migrate.current()
+
+
+@db_app.command("backfill-phash")
+def db_backfill_phash(
+    tenant: Annotated[str | None, typer.Option("--tenant", help="Only this tenant (name).")] = None,
+) -> None:
+    """Compute the perceptual hash of pictures and videos stored before hashes existed (for near-duplicates)."""
+    with _server_errors():
+        from orchestrator.db.session import session_scope
+        from orchestrator.duplicates.hashing import backfill_phashes
+        from orchestrator.settings import get_settings
+        from orchestrator.storage import LocalStorage
+
+        with session_scope() as session:
+            tenant_id = _tenant_id(session, tenant) if tenant else None
+            report = backfill_phashes(session, storage=LocalStorage(get_settings().media_dir), tenant_id=tenant_id)
+    _say(f"hashed {report.hashed} assets; {report.unreadable} without a readable thumbnail")
 
 
 @tenants_app.command("create")

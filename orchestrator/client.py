@@ -20,6 +20,7 @@ import httpx
 from pydantic import BaseModel, ConfigDict, Field
 
 from orchestrator import __version__
+from orchestrator.duplicates.report import DuplicateGroupsView
 from orchestrator.enums import AssetStatus, JobStatus
 from orchestrator.errors import MediaAnalysisError
 
@@ -114,6 +115,27 @@ class AssetsPublic(_Model):
 
     data: list[AssetPublic]
     count: int
+
+
+class SearchHit(_Model):
+    """An asset found by a search, with its best tags and its rank score (None when ordered newest first)."""
+
+    id: str
+    name: str = ""
+    media_kind: str | None = None
+    status: AssetStatus
+    tags: list[AssetTag] = Field(default_factory=list)
+    score: float | None = None
+
+
+class SearchResults(_Model):
+    """One page of search results, best first, and the total count of matching assets."""
+
+    data: list[SearchHit]
+    count: int
+    offset: int = 0
+    next_offset: int | None = None
+    ranked_by: str = "newest"
 
 
 class UploadStatus(StrEnum):
@@ -401,6 +423,70 @@ class ApiClient:
     def get_asset(self, asset_id: str) -> AssetPublic:
         """One asset with its tags and results."""
         return self._parse(AssetPublic, self._request("GET", f"/assets/{asset_id}"))
+
+    def similar(self, *, asset_id: str | None = None, text: str | None = None, limit: int = 20) -> dict[str, Any]:
+        """Assets like ``asset_id``, or pictures matching ``text``: ``{"data": [cards with similarity], ...}``."""
+        if (asset_id is None) == (text is None):
+            raise ValueError("give an asset id or a text, not both")
+        if asset_id is not None:
+            response = self._request("GET", f"/assets/{asset_id}/similar", params={"limit": limit})
+        else:
+            response = self._request("GET", "/similar", params={"text": text, "limit": limit})
+        answer: dict[str, Any] = response.json()
+        return answer
+
+    def search(self, query: str, *, limit: int = 20, offset: int = 0) -> SearchResults:
+        """The assets that match ``query`` (the search language of docs/search.md), best first."""
+        params: dict[str, str | int] = {"q": query, "limit": limit, "offset": offset}
+        return self._parse(SearchResults, self._request("GET", "/search", params=params))
+
+    def list_duplicates(
+        self, *, near: bool = False, threshold: int | None = None, limit: int = 50, offset: int = 0
+    ) -> DuplicateGroupsView:
+        """The tenant's duplicate groups: exact copies, or with ``near`` pictures that look the same."""
+        params: dict[str, str | int] = {"kind": "near" if near else "exact", "limit": limit, "offset": offset}
+        if threshold is not None:
+            params["threshold"] = threshold
+        return self._parse(DuplicateGroupsView, self._request("GET", "/duplicates", params=params))
+
+    def start_writeback(
+        self, *, job_id: str, mode: str = "append", min_score: float = 0.0, faces: bool = True
+    ) -> dict[str, Any]:
+        """Start writing a finished job's tags, people and face regions into its files' XMP (docs/writeback.md)."""
+        body = {"job_id": job_id, "mode": mode, "min_score": min_score, "faces": faces}
+        answer: dict[str, Any] = self._request("POST", "/writeback", expect=(202,), json=body).json()
+        return answer
+
+    def get_writeback(self, write_id: str) -> dict[str, Any]:
+        """A write-back's status and what it did to each file."""
+        answer: dict[str, Any] = self._request("GET", f"/writeback/{write_id}").json()
+        return answer
+
+    def list_writebacks(self, *, limit: int = 50, offset: int = 0) -> dict[str, Any]:
+        """The tenant's write-backs, newest first: ``{"data": [...], "count": n}``."""
+        answer: dict[str, Any] = self._request("GET", "/writeback", params={"limit": limit, "offset": offset}).json()
+        return answer
+
+    def undo_writeback(self, write_id: str) -> dict[str, Any]:
+        """Put back the files a write-back replaced."""
+        answer: dict[str, Any] = self._request("POST", f"/writeback/{write_id}/undo").json()
+        return answer
+
+    def list_people(self, *, order: str = "count", limit: int = 50, offset: int = 0) -> dict[str, Any]:
+        """The tenant's people: ``{"data": [{id, name, face_count, ...}], "count": n}``."""
+        params: dict[str, str | int] = {"order": order, "limit": limit, "offset": offset}
+        answer: dict[str, Any] = self._request("GET", "/people", params=params).json()
+        return answer
+
+    def rename_person(self, person_id: str, name: str | None) -> dict[str, Any]:
+        """Name (or, with a blank name, unname) a person."""
+        answer: dict[str, Any] = self._request("PATCH", f"/people/{person_id}", json={"name": name}).json()
+        return answer
+
+    def merge_person(self, person_id: str, *, into: str) -> dict[str, Any]:
+        """Merge a person into another; answers the person who got the faces."""
+        answer: dict[str, Any] = self._request("POST", f"/people/{person_id}/merge", json={"into": into}).json()
+        return answer
 
     def download_asset(self, asset_id: str, dest: BinaryIO) -> int:
         """Stream the asset's original bytes into ``dest``; returns the number of bytes written."""

@@ -377,3 +377,8 @@ def tenant_jobs(session: Session, *, tenant_id: uuid.UUID, limit: int = 100) -> 
         select(Job.id, Job.name).where(Job.tenant_id == tenant_id).order_by(Job.created_at.desc()).limit(limit)
     )
     return [(job_id, name) for job_id, name in rows]
+
+
+def gallery_items(session: Session, *, tenant_id: uuid.UUID, assets: list[Asset]) -> list[GalleryItem]:
+    """These assets of the tenant as gallery cards (best tags, NSFW score), in the order given."""
+    return _items(session, tenant_id=tenant_id, assets=assets)

@@ -12,6 +12,7 @@ from sqlalchemy.orm import Session
 from gpu_worker.contract import MediaKind
 from gpu_worker.sniff import sniff
 from orchestrator.db.models import Asset, Job
+from orchestrator.duplicates.hashing import thumbnail_phash
 from orchestrator.enums import AssetStatus, JobStatus
 from orchestrator.media_probe import ProbeError, check_image_header, probe
 from orchestrator.names import sanitize_display_name
@@ -220,6 +221,7 @@ def prepare_asset(session: Session, *, storage: LocalStorage, asset_id: uuid.UUI
         key = thumbnail_key(asset.tenant_id, asset.sha256)
         storage.put_bytes(key, info.thumbnail_jpeg)
         asset.thumbnail_key = key
+        asset.phash = thumbnail_phash(info.thumbnail_jpeg)
     asset.status = AssetStatus.PREPARED
     return True
 

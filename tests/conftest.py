@@ -32,6 +32,7 @@ pytest_plugins = [
     "tests.fakes.vast_server",
     "tests.fixtures.cloud_harness",
     "tests.fixtures.deployment",
+    "tests.fixtures.cpu_models",
 ]
 
 REPO_ROOT = Path(__file__).resolve().parents[1]

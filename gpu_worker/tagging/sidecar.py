@@ -10,16 +10,17 @@ import json
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from gpu_worker import __version__
+from gpu_worker.sidecar_schema import AnalyzerRecord, ErrorRecord, FileRecord, Sidecar, WrittenRecord
 from gpu_worker.tagging.checkpoint import StoredAnalysis
 from gpu_worker.tagging.keywords import RejectedTag, XmpField
 from gpu_worker.tagging.layout import TempRegistry, json_sidecar_path, temp_path_for
 from gpu_worker.tagging.walk import MediaFile
 
-SCHEMA_VERSION = 1
 GENERATOR = f"ai-media-analysis gpu-worker {__version__}"
 
 
@@ -43,29 +44,42 @@ def sidecar_document(
     rejected: list[RejectedTag],
     written: SidecarWrite,
 ) -> dict[str, Any]:
-    """The sidecar's content: the file, each analyzer's output (tags, embedding, payload) or error, and the writes."""
+    """The sidecar's content (schema version 2, :mod:`gpu_worker.sidecar_schema`): the file, each analyzer's output
+    (tags, embedding, payload) or error, and the writes."""
     result = analysis.result
-    return {
-        "schema_version": SCHEMA_VERSION,
-        "generator": GENERATOR,
-        "file": media.path.name,
-        "media_kind": media.kind.value,
-        "mime": media.mime,
-        "sha256": source_sha256,
-        "file_sha256": final_sha256,
-        "analyzed_at": analysis.analyzed_at,
-        "device": analysis.device,
-        "analyzers": {name: output.model_dump(mode="json") for name, output in result.outputs.items()},
-        "errors": {name: error.model_dump(mode="json") for name, error in result.errors.items()},
-        "ai_keywords": {field.value: values for field, values in tags.items()},
-        "rejected_tags": [{"tag": r.tag, "reason": r.reason} for r in rejected],
-        "written": {
-            "target": written.target,
-            "mode": written.mode,
-            "keywords_in": written.keywords_in.name if written.keywords_in is not None else None,
-            "keywords": {field.value: values for field, values in written.keywords.items()},
+    try:
+        size_bytes: int | None = media.path.stat().st_size
+    except OSError:
+        size_bytes = None
+    sidecar = Sidecar(
+        generator=GENERATOR,
+        file=FileRecord(
+            name=media.path.name,
+            sha256=source_sha256,
+            file_sha256=final_sha256,
+            size_bytes=size_bytes,
+            media_kind=media.kind.value,
+            mime=media.mime,
+        ),
+        analyzed_at=datetime.fromisoformat(analysis.analyzed_at),
+        device=analysis.device,
+        analyzers={
+            name: AnalyzerRecord.model_validate(output.model_dump(mode="json"))
+            for name, output in result.outputs.items()
         },
-    }
+        errors={
+            name: ErrorRecord.model_validate(error.model_dump(mode="json")) for name, error in result.errors.items()
+        },
+        ai_keywords={field.value: values for field, values in tags.items()},
+        rejected_tags=[{"tag": r.tag, "reason": r.reason} for r in rejected],
+        written=WrittenRecord(
+            target=written.target,
+            mode=written.mode,
+            keywords_in=written.keywords_in.name if written.keywords_in is not None else None,
+            keywords={field.value: values for field, values in written.keywords.items()},
+        ),
+    )
+    return sidecar.to_document()
 
 
 def write_json_sidecar(media: Path, document: Mapping[str, Any], registry: TempRegistry) -> Path:

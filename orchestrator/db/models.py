@@ -191,6 +191,8 @@ class Asset(Base):
     width: Mapped[int | None] = mapped_column(Integer)
     height: Mapped[int | None] = mapped_column(Integer)
     duration_s: Mapped[float | None] = mapped_column(Float)
+    # 64-bit perceptual hash of the picture (a video's first keyframe), 16 hex digits, for near-duplicates.
+    phash: Mapped[str | None] = mapped_column(String(16), default=None)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 
@@ -434,3 +436,109 @@ class SchedulerEvent(Base):
     reason: Mapped[str] = mapped_column(String(32))
     message: Mapped[str] = mapped_column(Text, default="")
     instance_id: Mapped[str | None] = mapped_column(String(64), default=None)
+
+
+class SearchDocument(Base):
+    """The text an asset is found by (tag words, transcript, file name), kept in step with its results.
+
+    Full-text indexes live outside the model: on PostgreSQL an expression GIN index on
+    ``to_tsvector('english', body)``; on SQLite the FTS5 table ``search_fts`` whose rowid is ``id``, kept in sync by
+    triggers. Both are created by migration 0009.
+    """
+
+    __tablename__ = "search_documents"
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True)
+    asset_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("assets.id", ondelete="CASCADE"), unique=True)
+    tenant_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), index=True)
+    body: Mapped[str] = mapped_column(Text, default="")
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+
+class Person(Base):
+    """A cluster of faces of one tenant that the user may name; merged and split by hand, grown automatically."""
+
+    __tablename__ = "people"
+    __table_args__ = (Index("ix_people_tenant_name", "tenant_id", "name"),)
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=_new_id)
+    tenant_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"))
+    name: Mapped[str | None] = mapped_column(String(200), default=None)
+    # L2-normalised mean of the member faces' embeddings (float32 bytes), for assigning new faces.
+    centroid: Mapped[bytes | None] = mapped_column(LargeBinary, default=None)
+    face_count: Mapped[int] = mapped_column(Integer, default=0)
+    cover_face_id: Mapped[int | None] = mapped_column(BigInteger, default=None)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+
+class Face(Base):
+    """One detected face of an asset (a row of the faces result), with its embedding and the person it belongs to.
+
+    ``assigned_by`` is ``auto`` (clustering) or ``user`` (a merge, split or move by hand, which clustering keeps).
+    """
+
+    __tablename__ = "faces"
+    __table_args__ = (
+        UniqueConstraint("asset_id", "face_index"),
+        Index("ix_faces_tenant_person", "tenant_id", "person_id"),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True)
+    tenant_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"))
+    asset_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("assets.id", ondelete="CASCADE"))
+    face_index: Mapped[int] = mapped_column(Integer)
+    timestamp_s: Mapped[float | None] = mapped_column(Float, default=None)
+    box: Mapped[list[float]] = mapped_column(JSON, default=list)
+    probability: Mapped[float] = mapped_column(Float, default=0.0)
+    embedding: Mapped[bytes | None] = mapped_column(LargeBinary, default=None)
+    person_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("people.id", ondelete="SET NULL"), default=None)
+    assigned_by: Mapped[str | None] = mapped_column(String(8), default=None)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class MetadataWrite(Base):
+    """One write-back of tags (and face regions) into original files' XMP, which can be undone as a whole."""
+
+    __tablename__ = "metadata_writes"
+    __table_args__ = (Index("ix_metadata_writes_tenant_created", "tenant_id", "created_at"),)
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=_new_id)
+    tenant_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"))
+    mode: Mapped[str] = mapped_column(String(16))
+    scope: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    status: Mapped[str] = mapped_column(String(16), default="running")
+    summary: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    finished_at: Mapped[datetime | None] = mapped_column(default=None)
+    undone_at: Mapped[datetime | None] = mapped_column(default=None)
+
+
+class MetadataWriteItem(Base):
+    """What one write-back did to one asset: the stored file before and after, so undo can put the old one back."""
+
+    __tablename__ = "metadata_write_items"
+    __table_args__ = (UniqueConstraint("write_id", "asset_id"), Index("ix_metadata_write_items_asset", "asset_id"))
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True)
+    write_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("metadata_writes.id", ondelete="CASCADE"))
+    asset_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("assets.id", ondelete="CASCADE"))
+    status: Mapped[str] = mapped_column(String(16))
+    previous_storage_key: Mapped[str | None] = mapped_column(String(300), default=None)
+    previous_size_bytes: Mapped[int | None] = mapped_column(BigInteger, default=None)
+    new_storage_key: Mapped[str | None] = mapped_column(String(300), default=None)
+    new_size_bytes: Mapped[int | None] = mapped_column(BigInteger, default=None)
+    new_sha256: Mapped[str | None] = mapped_column(String(64), default=None)
+    written: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    error: Mapped[str | None] = mapped_column(Text, default=None)
+
+
+class DuplicateDismissal(Base):
+    """A group of near-duplicates the user reviewed and marked as not duplicates; ``group_key`` hashes its members,
+    so the group shows again if a new member joins it."""
+
+    __tablename__ = "duplicate_dismissals"
+
+    tenant_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), primary_key=True)
+    group_key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)

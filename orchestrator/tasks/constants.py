@@ -14,6 +14,7 @@ TASK_FINALIZE_JOB = "orchestrator.finalize_job"
 TASK_REAP = "orchestrator.reap"
 TASK_SCHEDULER_TICK = "orchestrator.scheduler_tick"
 TASK_RECONCILE = "orchestrator.reconcile"
+TASK_WRITEBACK = "orchestrator.writeback"
 # The reconciler lists every instance; once per this many seconds is enough to catch orphans and vanished rows.
 RECONCILE_INTERVAL_S = 30.0
 

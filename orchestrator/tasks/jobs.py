@@ -40,7 +40,7 @@ from orchestrator.enums import AssetStatus, BatchStatus, JobStatus
 from orchestrator.errors import BackendUnavailableError
 from orchestrator.ingest import prepare_asset as prepare_asset_row
 from orchestrator.settings import get_settings
-from orchestrator.storage import LocalStorage
+from orchestrator.storage import LocalStorage, blob_key
 from orchestrator.tasks.constants import (
     BACKEND_RETRY_S,
     PLAN_RETRY_S,
@@ -111,7 +111,8 @@ def build_manifest(batch_id: uuid.UUID) -> tuple[BatchManifest, uuid.UUID]:
                 asset_id=str(a.id),
                 media_kind=MediaKind(a.media_kind or MediaKind.IMAGE),
                 path=str(storage.path_for(a.storage_key)) if a.storage_key else None,
-                sha256=a.sha256,
+                # After a write-back the stored file is a copy with new metadata, no longer the upload's bytes.
+                sha256=a.sha256 if a.sha256 and a.storage_key == blob_key(a.tenant_id, a.sha256) else None,
             )
             for a in assets
         ]
@@ -242,6 +243,15 @@ def reap() -> dict[str, int]:
                 )
             )
         )
+        if unprepared:
+            # The next re-send waits another grace: while the ingest queue is backed up, a re-send every reaper pass
+            # would pile duplicate prepare messages behind the ones still waiting.
+            session.execute(
+                update(Asset)
+                .where(Asset.id.in_(unprepared), Asset.status == AssetStatus.UPLOADED)
+                .values(updated_at=now)
+                .execution_options(synchronize_session=False)
+            )
         active_jobs = list(
             session.scalars(
                 select(Job.id).where(Job.status.in_([JobStatus.QUEUED, JobStatus.RUNNING]), Job.sealed_at < now - grace)

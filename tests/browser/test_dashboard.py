@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import json
 import re
 import shutil
 from collections.abc import Callable, Iterator
@@ -17,11 +16,8 @@ import pytest
 from playwright.sync_api import BrowserContext, ConsoleMessage, Error, Page, Response, expect
 
 from tests.browser.conftest import Screenshots
-from tests.conftest import SHARED_MODELS
 from tests.fixtures.deployment import Deployment
 from tests.fixtures.factories import truncated_jpeg
-from tests.fixtures.tiny_faces import EMBEDDER_FORMAT, TINY_FACENET_ID, build_tiny_facenet
-from tests.fixtures.tiny_whisper import OPEN_NSFW_FILES, OPEN_NSFW_ID, catalog_entry_toml
 
 pytestmark = [pytest.mark.browser, pytest.mark.e2e]
 
@@ -29,11 +25,6 @@ PHOTOS = ("zidane.jpg", "bus.jpg", "grace_hopper.jpg")
 CORRUPT = "corrupt.jpg"
 USERNAME = "ada"
 PASSWORD = "correct horse battery staple"
-PERSON_DETECTOR_ID = "person-detector-local"
-PERSON_DETECTOR_DIR = SHARED_MODELS / "person-detector-yolov8"
-PERSON_DETECTOR_FILES: dict[str, str | None] = {
-    "person_states_yolov8s.pt": "5f6f620d0fa574ed80d8348bb8d46060148eb0ba24e3eea00d31a30cdadba41d"
-}
 # Playwright's auto-waiting bounds, in ms: a page or a form post on this 2-core machine, and the whole analysis of
 # three photos with CLIP, faces and objects on its CPU (about a minute).
 PAGE_TIMEOUT_MS = 15_000
@@ -90,48 +81,10 @@ def step(name: str, walk: Walk) -> Iterator[None]:
 
 
 @pytest.fixture
-def models_env(tiny_clip_worker_env: dict[str, str], tmp_path: Path) -> dict[str, str]:
-    """Worker models a CPU runs offline: the tiny CLIP, MTCNN (from facenet-pytorch's wheel) with a seeded FaceNet
-    embedder, and, where ../shared/models is present, the real person detector and open_nsfw; with the analyzers
-    that use them as the deployment's default."""
-    facenet_dir = tmp_path / "tiny-facenet"
-    files: dict[str, str | None] = dict(build_tiny_facenet(facenet_dir))
-    entries = [
-        catalog_entry_toml(TINY_FACENET_ID, family="faces", fmt=EMBEDDER_FORMAT, folder=facenet_dir, files=files)
-    ]
-    analyzers = ["clip", "faces"]
-    env = {"GPUW_FACES_MODEL": TINY_FACENET_ID, "GPUW_NSFW_MODEL": "", "GPUW_DEVICE": "cpu"}
-    if (PERSON_DETECTOR_DIR / "person_states_yolov8s.pt").exists():
-        entries.append(
-            catalog_entry_toml(
-                PERSON_DETECTOR_ID,
-                family="objects",
-                fmt="ultralytics",
-                folder=PERSON_DETECTOR_DIR,
-                files=PERSON_DETECTOR_FILES,
-                in_place=True,
-            )
-            # Its two classes are a person standing and a person fallen: both are people.
-            + '\n[model.options]\nlabels = { "0" = "person", "1" = "person" }\nperson_classes = [0, 1]\n'
-        )
-        analyzers.append("objects")
-        env["GPUW_OBJECTS_MODEL"] = PERSON_DETECTOR_ID
-    if (SHARED_MODELS / "open-nsfw" / "open-nsfw.onnx").exists():
-        entries.append(
-            catalog_entry_toml(
-                OPEN_NSFW_ID, family="nsfw", fmt="onnx", folder=SHARED_MODELS / "open-nsfw", files=OPEN_NSFW_FILES
-            )
-        )
-        env["GPUW_NSFW_MODEL"] = OPEN_NSFW_ID
-    catalog = tmp_path / "browser-models.toml"
-    catalog.write_text("\n".join(entries), encoding="utf-8")
-    catalogs = [*json.loads(tiny_clip_worker_env["GPUW_CATALOG_PATHS"]), str(catalog)]
-    return {
-        **tiny_clip_worker_env,
-        **env,
-        "GPUW_CATALOG_PATHS": json.dumps(catalogs),
-        "ORCH_DEFAULT_ANALYZERS": json.dumps(analyzers),
-    }
+def models_env(cpu_models_env: dict[str, str]) -> dict[str, str]:
+    """The CPU models of ``tests/fixtures/cpu_models.py``: tiny CLIP, MTCNN with a seeded FaceNet, and the shared
+    person detector and open_nsfw when present."""
+    return cpu_models_env
 
 
 @pytest.fixture

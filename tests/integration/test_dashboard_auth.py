@@ -7,7 +7,7 @@ from fastapi.testclient import TestClient
 from typer.testing import CliRunner
 
 from orchestrator.accounts import Role
-from orchestrator.api.dashboard.auth_pages import MAX_FAILURES, THROTTLE
+from orchestrator.api.dashboard.auth_pages import MAX_FAILURES
 from orchestrator.api.dashboard.web import SESSION_COOKIE
 from orchestrator.api.main import create_app
 from orchestrator.cli import app as cli_app
@@ -19,11 +19,6 @@ from tests.fixtures.services import OrchestratorEnv
 from tests.fixtures.web import TEST_PASSWORD, csrf_of, login_token, make_user, signed_in_client
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture(autouse=True)
-def _fresh_throttle() -> None:
-    THROTTLE._failures.clear()
 
 
 def _sign_in(client: TestClient, **fields: str) -> object:

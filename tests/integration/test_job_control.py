@@ -364,6 +364,7 @@ def test_the_reaper_prepares_again_a_retried_file_of_a_running_job_whose_message
     sent = reap()
 
     assert sent["prepared"] == 1, "only the file whose prepare message is overdue; the fresh one's is on its way"
+    assert reap()["prepared"] == 0, "a re-sent prepare waits another grace before it is sent again"
 
 
 def test_retry_after_cancel_puts_the_cancelled_files_back_to_work(tenant: TenantWithKey) -> None:

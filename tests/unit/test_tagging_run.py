@@ -184,7 +184,7 @@ def test_sidecar_mode_leaves_originals_identical(
         document = json.loads(json_sidecar_path(path).read_text(encoding="utf-8"))
         assert document["written"]["target"] == "sidecar"
         assert document["written"]["keywords_in"] == xmp_sidecar_path(path).name
-        assert document["sha256"] == document["file_sha256"] == before[path][0]
+        assert document["file"]["sha256"] == document["file"]["file_sha256"] == before[path][0]
 
 
 def test_the_json_sidecar_holds_every_result(tmp_path: Path, executor: InProcessExecutor) -> None:
@@ -195,8 +195,10 @@ def test_the_json_sidecar_holds_every_result(tmp_path: Path, executor: InProcess
 
     document = json.loads(json_sidecar_path(path).read_text(encoding="utf-8"))
     clip = document["analyzers"]["clip"]
-    assert document["file"] == path.name
-    assert document["media_kind"] == "image"
+    assert (document["schema"], document["schema_version"]) == ("ai-media-analysis/sidecar", 2)
+    assert document["file"]["name"] == path.name
+    assert document["file"]["media_kind"] == "image"
+    assert document["file"]["size_bytes"] == path.stat().st_size
     assert document["written"]["target"] == "none"
     assert {t["tag"] for t in clip["tags"]} == {"shape/red square", "shape/blue circle"}
     assert len(clip["embedding"]) == executor.analyzer("clip", TINY_CLIP_ID).embed_dim  # type: ignore[attr-defined]

@@ -126,10 +126,16 @@ def test_audio_and_video_items_get_transcripts_images_get_none_and_a_bad_file_fa
     speech = results["speech"].outputs["transcribe"]
     assert speech.model_id == TINY_RANDOM_WHISPER_ID
     assert speech.payload["duration_s"] == pytest.approx(SPEECH_S, abs=0.1)
-    assert speech.payload["language"] == "en"
     assert isinstance(speech.payload["text"], str)
     assert speech.payload["text"] == " ".join(s["text"] for s in speech.payload["segments"] if s["text"])
-    assert {t.tag for t in speech.tags} & {"audio/speech", "audio/no-speech"}
+    # The random model's noise may decode to nothing at all (it depends on the CPU's float kernels); the payload must
+    # then say "no speech" rather than claim a language it did not hear.
+    if speech.payload["text"]:
+        assert speech.payload["language"] == "en"
+        assert "audio/speech" in {t.tag for t in speech.tags}
+    else:
+        assert speech.payload["language"] is None
+        assert {t.tag for t in speech.tags} == {"audio/no-speech"}
     assert results["video"].outputs["transcribe"].payload["duration_s"] == pytest.approx(2.0, abs=0.1)
     # The weights came through the model store into its cache, not from the shared folder in place.
     assert (executor.store.folder(TINY_RANDOM_WHISPER_ID) / "model.bin").is_file()

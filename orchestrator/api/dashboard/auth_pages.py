@@ -2,15 +2,13 @@
 
 Sign-in takes a username and password, or an API key (a tenant's key opens a member session; the deployment's admin
 token opens an operator session). Before a session exists, the sign-in form is protected against cross-site posts by
-a double-submit token: a cookie and a hidden field that must match. Failed attempts are limited per client address.
+a double-submit token: a cookie and a hidden field that must match. Failed attempts are limited per client address,
+across all API processes (``rate_limiting.LOGIN_FAILURES``).
 """
 
 from __future__ import annotations
 
 import secrets
-import threading
-import time
-from collections import deque
 from typing import Annotated
 
 from fastapi import APIRouter, Form, Request
@@ -26,6 +24,7 @@ from orchestrator.api.dashboard.web import (
     session_identity,
 )
 from orchestrator.api.deps import SessionDep, SettingsDep
+from orchestrator.api.rate_limiting import LOGIN_FAILURES, client_address, limiter_of
 from orchestrator.clock import utcnow
 from orchestrator.security import constant_time_equals
 from orchestrator.web_sessions import SESSION_MAX_AGE, end, start_for_admin, start_for_api_key, start_for_user
@@ -33,47 +32,32 @@ from orchestrator.web_sessions import SESSION_MAX_AGE, end, start_for_admin, sta
 router = APIRouter(include_in_schema=False)
 
 LOGIN_CSRF_COOKIE = "mas_login"
-MAX_FAILURES = 10
-FAILURE_WINDOW_S = 300.0
+MAX_FAILURES = LOGIN_FAILURES.burst
 
 
-class LoginThrottle:
-    """At most ``MAX_FAILURES`` failed sign-ins per client address in ``FAILURE_WINDOW_S`` (this process)."""
-
-    def __init__(self) -> None:
-        self._failures: dict[str, deque[float]] = {}
-        self._lock = threading.Lock()
-
-    def _recent(self, client: str, now: float) -> deque[float]:
-        times = self._failures.setdefault(client, deque())
-        while times and now - times[0] > FAILURE_WINDOW_S:
-            times.popleft()
-        return times
-
-    def retry_after_s(self, client: str) -> int:
-        """Seconds until this client may try again; 0 when it may now."""
-        now = time.monotonic()
-        with self._lock:
-            times = self._recent(client, now)
-            if len(times) < MAX_FAILURES:
-                return 0
-            return int(FAILURE_WINDOW_S - (now - times[0])) + 1
-
-    def failed(self, client: str) -> None:
-        """Count a failed attempt."""
-        now = time.monotonic()
-        with self._lock:
-            self._recent(client, now).append(now)
-            if len(self._failures) > 10_000:
-                self._failures = {k: v for k, v in self._failures.items() if v}
-
-    def succeeded(self, client: str) -> None:
-        """Forget a client's failures."""
-        with self._lock:
-            self._failures.pop(client, None)
+def _failures_key(request: Request) -> str:
+    return f"login-failures:{client_address(request)}"
 
 
-THROTTLE = LoginThrottle()
+def _wait_before_sign_in_s(request: Request) -> int:
+    """Seconds until this client may try again (0 when it may now); shared by all API processes."""
+    limiter = limiter_of(request)
+    if limiter is None:
+        return 0
+    decision = limiter.take(_failures_key(request), LOGIN_FAILURES, cost=0)
+    return 0 if decision.allowed else decision.retry_after_s
+
+
+def _count_failure(request: Request) -> None:
+    limiter = limiter_of(request)
+    if limiter is not None:
+        limiter.take(_failures_key(request), LOGIN_FAILURES)
+
+
+def _forget_failures(request: Request) -> None:
+    limiter = limiter_of(request)
+    if limiter is not None:
+        limiter.reset(_failures_key(request))
 
 
 def _secure(request: Request, cookie_secure: bool | None) -> bool:
@@ -129,8 +113,7 @@ def login(
         return _login_page(
             request, next_path=next, error="The sign-in form expired. Please try again.", status_code=400
         )
-    client = request.client.host if request.client else "unknown"
-    wait_s = THROTTLE.retry_after_s(client)
+    wait_s = _wait_before_sign_in_s(request)
     if wait_s:
         response = _login_page(
             request,
@@ -155,11 +138,11 @@ def login(
             token = start_for_user(session, user=user, now=now)
         failure = "Wrong username or password."
     if token is None:
-        THROTTLE.failed(client)
+        _count_failure(request)
         session.commit()
         return _login_page(request, next_path=next, error=failure, status_code=401, username=username)
     session.commit()
-    THROTTLE.succeeded(client)
+    _forget_failures(request)
     response = RedirectResponse(safe_next(next), status_code=303)
     response.set_cookie(
         SESSION_COOKIE,

@@ -24,6 +24,7 @@ from orchestrator.errors import ConflictError, NotFoundError
 from orchestrator.job_control import cancel_job, retry_failed
 from orchestrator.job_reports import backend_label, job_report
 from orchestrator.jobs import get_job, job_progress, list_jobs, progress_for_jobs
+from orchestrator.writeback.records import writes_of_job
 
 router = APIRouter(include_in_schema=False)
 
@@ -152,6 +153,7 @@ def job_page(
     job = _job_or_404(session, identity, job_id)
     context = _job_context(session, identity, job)
     context["notice"] = NOTICES.get(notice or "")
+    context["writebacks"] = writes_of_job(session, tenant_id=_tenant(identity), job_id=job.id)
     return render(request, "job.html", identity, context)
 
 

@@ -17,6 +17,7 @@ from urllib.parse import urlencode
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse
 
+from orchestrator.api.dashboard.search_view import search_context
 from orchestrator.api.dashboard.web import MemberDep, PageError, render
 from orchestrator.api.deps import SessionDep, StorageDep
 from orchestrator.enums import AssetStatus
@@ -24,6 +25,7 @@ from orchestrator.errors import NotFoundError
 from orchestrator.gallery import Direction, GalleryFilterError, gallery_page, parse_filters, tag_facets, tenant_jobs
 from orchestrator.job_reports import nsfw_score
 from orchestrator.jobs import get_asset, results_for_assets
+from orchestrator.people.service import faces_of
 from orchestrator.tenant_settings import get_tenant_settings
 
 router = APIRouter(include_in_schema=False)
@@ -166,6 +168,15 @@ def gallery(request: Request, session: SessionDep, identity: MemberDep) -> HTMLR
             "older_url": _page_link(args, cursor=page.older) if page.older else None,
             "newer_url": _page_link(args, cursor=page.newer, direction="newer") if page.newer else None,
             "first_url": _page_link(args) if page.newer else None,
+            # With a search in the box, its ranked page and links take the place of the gallery's.
+            **search_context(
+                session,
+                tenant_id=identity.tenant_id,
+                q=query.get("q", ""),
+                offset=query.get("offset"),
+                filters=filters,
+                errors=errors,
+            ),
         },
     )
 
@@ -210,5 +221,6 @@ def asset_page(
             "threshold": threshold,
             "blurred": score is not None and score > threshold,
             "analyzers": sorted(found),
+            "people_faces": faces_of(session, tenant_id=identity.tenant_id, asset_id=asset.id),
         },
     )
