@@ -23,6 +23,11 @@ app = typer.Typer(no_args_is_help=True, help="AI Media Analysis inference worker
 
 @app.callback()
 def _setup(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log debug details.")] = False) -> None:
+    if get_settings().log_format == "json":  # GPUW_LOG_FORMAT=json: one JSON object per line, for log shippers
+        from gpu_worker.logs import configure_logging
+
+        configure_logging("json", level=logging.DEBUG if verbose else logging.INFO)
+        return
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.INFO,
         format="%(message)s",
@@ -202,6 +207,52 @@ def serve(
 
 
 app.command("tag")(tag_command)
+
+
+@app.command("selfcheck")
+def selfcheck(
+    analyzers: Annotated[
+        str | None, typer.Option(help="Comma-separated analyzers to load and warm up (default: settings).")
+    ] = None,
+    device: Annotated[DeviceChoice | None, typer.Option(help="Override the inference device.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON on stdout.")] = False,
+) -> None:
+    """Check the GPU, load the analyzers and run the warm-up batch exactly as `serve` does, then exit: 0 when the
+    worker would be ready, 1 otherwise. In the worker image: `docker run --rm --gpus all IMAGE selfcheck`."""
+    import json
+
+    from gpu_worker.batcher import DynamicBatcher
+    from gpu_worker.executor import InProcessExecutor
+    from gpu_worker.selfcheck import report_lines
+    from gpu_worker.server import WorkerState, hardware_info
+
+    settings = get_settings()
+    if device is not None:
+        settings = settings.model_copy(update={"device": device})
+    chosen = [name.strip() for name in analyzers.split(",") if name.strip()] if analyzers else None
+    executor = InProcessExecutor(settings)
+    state = WorkerState(
+        settings=settings,
+        executor=executor,
+        batcher=DynamicBatcher(executor.run),  # never started: warm_up runs here, on this thread
+        analyzers=list(dict.fromkeys(chosen or settings.serve_analyzers)),
+        token=None,
+    )
+    state.warm_up()
+    code, health = state.health()
+    report = {
+        **health,
+        "ok": code == 200,
+        "gpu_check": state.gpu_check.as_dict() if state.gpu_check else None,
+        "warmup": state.warmup,
+        "hardware": hardware_info(state.device),
+    }
+    if as_json:
+        typer.echo(json.dumps(report, indent=2, default=str))
+    else:
+        for line in report_lines(report):
+            console.print(line, markup=False, soft_wrap=True)
+    raise typer.Exit(0 if report["ok"] else 1)
 
 
 @app.command("bench")

@@ -7,6 +7,8 @@
 - ``POST /v1/analyze``: a JSON :class:`~gpu_worker.contract.BatchManifest` whose items carry URLs the worker
   fetches, or ``multipart/form-data`` with a ``manifest`` JSON part and one file part per item that has no URL, the
   part's field name being the item's ``asset_id``. The answer is a :class:`~gpu_worker.contract.BatchResult`.
+- ``POST /v1/embed/text``: ``{"texts": [...]}`` (at most 16 texts of 300 characters) answered with the loaded CLIP's
+  L2-normalised text embeddings ``{"model_id", "dim", "embeddings"}``, computed on the executor thread.
 
 The worker serves HTTPS when given a certificate and key (a rented instance gets them as ``GPUW_TLS_CERT_PEM`` and
 ``GPUW_TLS_KEY_PEM``; the orchestrator pins that certificate), plain HTTP otherwise (local use).
@@ -39,8 +41,9 @@ from typing import TYPE_CHECKING, Annotated, Any, BinaryIO
 
 from anyio import to_thread
 from fastapi import Depends, FastAPI, Header, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from PIL import Image, ImageDraw
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import ValidationError
 from python_multipart.multipart import MultipartParser, MultipartState, parse_options_header
 from starlette.requests import ClientDisconnect
@@ -50,9 +53,14 @@ from gpu_worker.batcher import BatcherBusyError, BatcherStoppedError, DynamicBat
 from gpu_worker.contract import BatchManifest, BatchResult, ManifestItem, MediaKind
 from gpu_worker.errors import WorkerError
 from gpu_worker.executor import InProcessExecutor
+from gpu_worker.logs import bind_context
+from gpu_worker.metrics import WorkerMetrics
 from gpu_worker.models import ANALYZERS
 from gpu_worker.models.base import Analyzer
+from gpu_worker.selfcheck import CheckStatus, GpuCheck, check_gpu
 from gpu_worker.settings import WorkerSettings
+from gpu_worker.text_embedding import EMBED_TEXT_PATH, TextEmbeddings, TextEmbedRequest
+from gpu_worker.text_embedding import MAX_REQUEST_BYTES as MAX_TEXT_REQUEST_BYTES
 
 if TYPE_CHECKING:
     from python_multipart.multipart import MultipartCallbacks
@@ -101,6 +109,7 @@ class WorkerState:
     errors: dict[str, str] = field(default_factory=dict)
     models: dict[str, Analyzer[Any]] = field(default_factory=dict)
     warmup: dict[str, float] = field(default_factory=dict)
+    gpu_check: GpuCheck | None = None
     started_s: float = field(default_factory=time.monotonic)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -113,6 +122,14 @@ class WorkerState:
             self._finish(Readiness.FAILED, errors={"warmup": f"{type(exc).__name__}: {exc}"})
 
     def _warm_up(self) -> None:
+        # Before any model: a GPU this torch build cannot drive fails here with the fix, not in a model's load.
+        self.gpu_check = check_gpu(self.executor.settings.device)
+        if self.gpu_check.failed:
+            log.error("GPU self-check failed: %s", self.gpu_check.message)
+            self._finish(Readiness.FAILED, errors={"gpu": self.gpu_check.message})
+            return
+        level = logging.WARNING if self.gpu_check.status is CheckStatus.WARNING else logging.INFO
+        log.log(level, "GPU self-check: %s", self.gpu_check.message)
         errors: dict[str, str] = {}
         models: dict[str, Analyzer[Any]] = {}
         for name in self.analyzers:
@@ -207,6 +224,7 @@ class WorkerState:
                 "recent_runs": batching["recent_runs"],
             },
             "batching": batching,
+            "gpu_check": self.gpu_check.as_dict() if self.gpu_check else None,
         }
 
 
@@ -329,6 +347,7 @@ def create_app(
 
     app = FastAPI(title="AI Media Analysis GPU worker", version=__version__, lifespan=lifespan)
     app.state.worker = state
+    metrics = WorkerMetrics(state)
 
     @app.exception_handler(RequestError)
     async def request_error(_: Request, exc: RequestError) -> JSONResponse:
@@ -359,6 +378,11 @@ def create_app(
         """Hardware, versions, loaded models, throughput, queue depth and batching counters."""
         return state.info()
 
+    @app.get("/metrics", dependencies=authorized, include_in_schema=False)
+    def prometheus_metrics() -> Response:
+        """Prometheus text format; the same bearer token as /v1 (give it to the scraper as its credentials)."""
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
     @app.post("/v1/analyze", dependencies=authorized, response_model=BatchResult)
     async def analyze(request: Request) -> JSONResponse:
         """Run a manifest (JSON, or multipart with uploaded files) and answer its BatchResult."""
@@ -378,6 +402,7 @@ def create_app(
                 manifest = require_urls(parse_manifest(await read_body(request, settings.serve_max_manifest_bytes)))
             else:
                 raise RequestError("unsupported_media_type", "send application/json or multipart/form-data", 415)
+            bind_context(batch_id=manifest.batch_id)  # this request's task ends with it, and so do the ids
             try:
                 future = batcher.submit(manifest)
             except BatcherBusyError as exc:
@@ -388,6 +413,7 @@ def create_app(
             if folder is not None:
                 shutil.rmtree(folder, ignore_errors=True)
             raise
+        future.add_done_callback(metrics.batch_observer())
         if folder is not None:
             # Removed when the run is over, not when this request ends: a caller that hangs up mid-run must not
             # pull the files from under the executor.
@@ -402,7 +428,39 @@ def create_app(
             raise RequestError("batch_failed", f"{type(exc).__name__}: {exc}", 500) from exc
         return JSONResponse(result.model_dump(mode="json"))
 
+    @app.post(EMBED_TEXT_PATH, dependencies=authorized, response_model=TextEmbeddings)
+    async def embed_text(request: Request) -> JSONResponse:
+        """CLIP text embeddings of ``{"texts": [...]}`` (at most 16, 300 characters each) from the loaded CLIP."""
+        wanted = parse_text_request(await read_body(request, MAX_TEXT_REQUEST_BYTES))
+        with state._lock:
+            status, clip = state.status, state.models.get("clip")
+        if status is not Readiness.READY:
+            raise RequestError("not_ready", f"the worker is {status}; try again when /healthz answers 200", 503)
+        if clip is None:
+            raise RequestError("no_clip", "this worker does not serve the clip analyzer", 409)
+        try:
+            future = batcher.call(lambda: executor.embed_texts(wanted.texts, clip.model_id))
+        except BatcherStoppedError as exc:
+            raise RequestError(exc.code, exc.message, 503) from exc
+        try:
+            answer = await asyncio.wrap_future(future)
+        except WorkerError as exc:
+            raise RequestError("embed_failed", exc.summary, 500) from exc
+        except (RuntimeError, ValueError, OSError) as exc:
+            log.exception("text embedding failed")
+            raise RequestError("embed_failed", f"{type(exc).__name__}: {exc}", 500) from exc
+        return JSONResponse(answer.model_dump(mode="json"))
+
     return app
+
+
+def parse_text_request(raw: bytes) -> TextEmbedRequest:
+    """Validate a text-embedding request; a malformed one is refused with 422 and the reasons."""
+    try:
+        return TextEmbedRequest.model_validate_json(raw)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()[:20])
+        raise RequestError("invalid_request", problems, 422) from exc
 
 
 def parse_manifest(raw: bytes) -> BatchManifest:

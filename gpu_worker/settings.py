@@ -46,7 +46,7 @@ class WorkerSettings(BaseSettings):
     """Worker settings. Tests construct one directly: ``WorkerSettings(models_dir=tmp_path, ...)``."""
 
     model_config = SettingsConfigDict(
-        env_prefix="GPUW_", env_nested_delimiter="__", toml_file=CONFIG_FILE, extra="ignore"
+        env_prefix="GPUW_", env_nested_delimiter="__", toml_file=CONFIG_FILE, extra="ignore", hide_input_in_errors=True
     )
 
     models_dir: Path = Field(default_factory=default_models_dir)
@@ -62,6 +62,8 @@ class WorkerSettings(BaseSettings):
     face_detector_model: str = DEFAULT_FACE_DETECTOR_MODEL
     objects_model: str = DEFAULT_OBJECTS_MODEL
     device: DeviceChoice = DeviceChoice.AUTO
+    # "json": one JSON object per log line with the batch id (the worker image sets it); "text" for a terminal.
+    log_format: str = "text"
 
     # Hub and URL downloads happen only when allowed here or asked for with `gpu-worker models fetch`.
     allow_download: bool = False

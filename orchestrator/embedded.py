@@ -13,6 +13,7 @@ from pathlib import Path
 
 from rich.console import Console
 
+from orchestrator.child_processes import stop_children
 from orchestrator.security import generate_token
 
 FIRST_KEY_FILE = "first-api-key.txt"
@@ -104,6 +105,7 @@ def run_up(host: str = "127.0.0.1", port: int = 8000, data_dir: Path | None = No
     console.print(f"Dashboard: open {url} and sign in with that API key, or create a user with a password:")
     console.print(f"  orchestrator users add YOUR-NAME --tenant {DEFAULT_TENANT}")
     console.print("Submit files with:  orchestrator submit ./photos --wait")
+    console_interrupted = False
     try:
         import uvicorn
 
@@ -112,11 +114,9 @@ def run_up(host: str = "127.0.0.1", port: int = 8000, data_dir: Path | None = No
         # Behind a reverse proxy the forwarded scheme makes the dashboard's cookie Secure (uvicorn trusts
         # X-Forwarded-* from loopback only by default).
         uvicorn.run(create_app(), host=host, port=port, log_level="warning", proxy_headers=True)
+        console_interrupted = True  # uvicorn returns after Ctrl+C, which a Windows console gave the children too
+    except KeyboardInterrupt:
+        console_interrupted = True
+        raise
     finally:
-        for child in children:
-            child.terminate()
-        for child in children:
-            try:
-                child.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                child.kill()
+        stop_children(children, console_interrupted=console_interrupted)

@@ -14,6 +14,9 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from orchestrator.production_secrets import production_refusals
+from orchestrator.sqlite_urls import sqlite_url
+
 PLACEHOLDER_SECRET = "change-me"  # noqa: S105 - the marker that refuses to start outside development
 MIN_SECRET_CHARS = 32
 CONFIG_FILE = Path("config/orchestrator.toml")
@@ -27,8 +30,13 @@ def default_data_dir() -> Path:
 class Settings(BaseSettings):
     """Orchestrator settings. Nested values use ``__`` in env names, e.g. ``ORCH_DATABASE_URL``."""
 
+    # hide_input_in_errors: a validation error must never print the settings it was given (they hold secrets).
     model_config = SettingsConfigDict(
-        env_prefix="ORCH_", env_nested_delimiter="__", toml_file=CONFIG_FILE, extra="ignore"
+        env_prefix="ORCH_",
+        env_nested_delimiter="__",
+        toml_file=CONFIG_FILE,
+        extra="ignore",
+        hide_input_in_errors=True,
     )
 
     environment: Literal["development", "test", "production"] = "development"
@@ -38,6 +46,10 @@ class Settings(BaseSettings):
     result_backend: str = ""
     secret_key: str = PLACEHOLDER_SECRET
     admin_token: str = ""
+    # GET /metrics demands "Authorization: Bearer <this>" when set; unset, it answers loopback/private peers only.
+    metrics_token: str = Field(default="", repr=False)
+    # "json" (production): one JSON object per log line with the job/batch/instance/request ids; "text" for people.
+    log_format: Literal["text", "json"] = "text"
 
     api_host: str = "127.0.0.1"
     api_port: int = 8000
@@ -47,6 +59,11 @@ class Settings(BaseSettings):
     # The dashboard's session cookie is Secure when the request came over HTTPS (behind nginx: X-Forwarded-Proto);
     # set this to force it either way.
     session_cookie_secure: bool | None = None
+
+    # Requests per tenant (and per client address for refused credentials): a token bucket of rate_limit_burst
+    # requests refilled at rate_limit_per_minute, shared by all API processes through Redis; 0 turns it off.
+    rate_limit_per_minute: float = 6000.0
+    rate_limit_burst: int = 2000
 
     max_upload_bytes: int = 2 * 1024**3
     max_image_pixels: int = 100_000_000
@@ -101,15 +118,25 @@ class Settings(BaseSettings):
     @model_validator(mode="after")
     def _fill_embedded_defaults(self) -> Settings:
         if not self.database_url:
-            self.database_url = f"sqlite:///{(self.data_dir / 'orchestrator.sqlite').as_posix()}"
+            self.database_url = sqlite_url(self.data_dir / "orchestrator.sqlite")
         if not self.broker_url:
-            self.broker_url = f"sqla+sqlite:///{(self.data_dir / 'queue.sqlite').as_posix()}"
+            self.broker_url = sqlite_url(self.data_dir / "queue.sqlite", scheme="sqla+sqlite")
         if self.environment == "production":
-            for name, value in (("ORCH_SECRET_KEY", self.secret_key), ("ORCH_ADMIN_TOKEN", self.admin_token)):
-                if value == PLACEHOLDER_SECRET or len(value) < MIN_SECRET_CHARS:
-                    raise ValueError(
-                        f"{name} must be a real secret of at least {MIN_SECRET_CHARS} characters in production"
-                    )
+            refusals = production_refusals(
+                required_secrets={"ORCH_SECRET_KEY": self.secret_key, "ORCH_ADMIN_TOKEN": self.admin_token},
+                optional_secrets={
+                    "ORCH_VAST_API_KEY": self.vast_api_key,
+                    "ORCH_LOCAL_WORKER_TOKEN": self.local_worker_token,
+                },
+                urls={
+                    "ORCH_DATABASE_URL": self.database_url,
+                    "ORCH_BROKER_URL": self.broker_url,
+                    "ORCH_RESULT_BACKEND": self.result_backend,
+                },
+                min_secret_chars=MIN_SECRET_CHARS,
+            )
+            if refusals:
+                raise ValueError("refusing to start in production: " + "; ".join(refusals))
         if self.environment == "production" and self.all_local_worker_urls and not self.local_worker_token:
             raise ValueError("ORCH_LOCAL_WORKER_TOKEN is required with ORCH_LOCAL_WORKER_URL(S) in production")
         if self.media_url_ttl_s <= 0:

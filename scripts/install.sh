@@ -35,6 +35,8 @@ if [ ! -x .venv/bin/python ]; then
   "$PYTHON" -m venv .venv
 fi
 . .venv/bin/activate
+# Linters the deploy tests need that PyPI does not carry (cloud-init's schema check); cached, cheap to re-run.
+bash scripts/install-linters.sh
 
 stamp=.venv/.installed
 want=$(cat pyproject.toml constraints.txt | sha256sum | cut -d' ' -f1)
@@ -47,4 +49,8 @@ python -m pip install --quiet --upgrade pip
 python -m pip install --quiet -c constraints.txt -e ".[worker,dev]"
 # facenet-pytorch's metadata pins an old torch; its code works with ours, so it is installed without dependencies.
 python -m pip install --quiet -c constraints.txt --no-deps "facenet-pytorch>=2.6"
+# The Compose file format's JSON schema, as shipped inside docker-compose 1.29's wheel (the last one on PyPI): the
+# tests validate deploy/compose.yaml against it. Only the wheel is downloaded; its old pins are never installed.
+mkdir -p .venv/share/compose-schema
+python -m pip download --quiet --no-deps --dest .venv/share/compose-schema "docker-compose==1.29.2"
 echo "$want" > "$stamp"

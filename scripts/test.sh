@@ -9,4 +9,5 @@ bash scripts/services.sh
 
 ruff check .
 mypy orchestrator gpu_worker
+mypy --strict deploy/worker/healthcheck.py infra/cloud-init/render.py
 python -m pytest -q "$@"

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from gpu_worker.tagging.errors import ExifToolError, ExifToolMissingError, UnsafeArgumentError
+from gpu_worker.tagging.exiftool_locate import locate_exiftool
 from gpu_worker.tagging.keywords import Keywords, XmpField, empty_keywords
 
 log = logging.getLogger(__name__)
@@ -33,7 +34,8 @@ log = logging.getLogger(__name__)
 INSTALL_HINT = (
     "exiftool is needed to write XMP. Install it: Debian/Ubuntu `sudo apt-get install libimage-exiftool-perl`, "
     "Fedora `sudo dnf install perl-Image-ExifTool`, macOS `brew install exiftool`, Windows: download the zip from "
-    "https://exiftool.org, rename `exiftool(-k).exe` to `exiftool.exe` and put it on PATH (or pass --exiftool). "
+    "https://exiftool.org, rename `exiftool(-k).exe` to `exiftool.exe` and put it on PATH, or run "
+    "deploy\\windows\\install.ps1 -WithExiftool (or pass --exiftool). "
     "`--write none` tags without it (JSON sidecars only)."
 )
 DEFAULT_TIMEOUT_S = 60.0
@@ -43,7 +45,9 @@ PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
 
 def find_exiftool(override: str | Path | None = None) -> Path:
-    """The exiftool executable: ``override`` when given, else ``exiftool`` (``exiftool.exe`` on Windows) on PATH."""
+    """The exiftool executable: ``override`` when given, else the one ``locate_exiftool`` finds (the virtual
+    environment's, the ``exiftool`` folder beside it, then PATH; ``exiftool.exe`` or ``exiftool(-k).exe`` on
+    Windows)."""
     if override is not None:
         candidate = Path(override)
         if candidate.is_file():
@@ -52,10 +56,10 @@ def find_exiftool(override: str | Path | None = None) -> Path:
         if found is None:
             raise ExifToolMissingError(f"exiftool not found at {override}. {INSTALL_HINT}")
         return Path(found)
-    found = shutil.which("exiftool")
-    if found is None:
+    located = locate_exiftool()
+    if located is None:
         raise ExifToolMissingError(f"exiftool is not on PATH. {INSTALL_HINT}")
-    return Path(found)
+    return located
 
 
 def path_argument(path: Path) -> str:

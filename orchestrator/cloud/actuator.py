@@ -85,6 +85,8 @@ class TickReport:
     actions: list[Action] = field(default_factory=list)
     rented: list[uuid.UUID] = field(default_factory=list)
     became_ready: list[uuid.UUID] = field(default_factory=list)
+    # Booting instances whose worker reported a failed start (self-check or model load): destroyed this tick.
+    failed_boots: list[uuid.UUID] = field(default_factory=list)
     destroyed: list[uuid.UUID] = field(default_factory=list)
     alerts: list[uuid.UUID] = field(default_factory=list)
     warnings: list[Warn] = field(default_factory=list)
@@ -209,7 +211,7 @@ def _probe_booting(
             updated.append(row)
             continue
         url = worker_url(found, settings.cloud_worker_port)
-        healthy = False
+        healthy = failed = False
         detail = found.status_msg
         running = scheduler_state(row.state, found) is InstanceState.RUNNING
         if row.state is InstanceStatus.BOOTING and url is not None and running:
@@ -220,7 +222,7 @@ def _probe_booting(
                 expected_models=expected,
                 timeout_s=settings.cloud_health_timeout_s,
             )
-            healthy = health.ready
+            healthy, failed = health.ready, health.failed
             detail = f"{found.status_msg}; {health.detail}" if found.status_msg else health.detail
         with session_factory.begin() as session:
             stored = session.get(Instance, row.id)
@@ -229,6 +231,11 @@ def _probe_booting(
             stored.status_msg = detail[:2000]
             if url is not None:
                 stored.worker_url = url
+            if failed and stored.state == InstanceStatus.BOOTING:
+                # This tick's policy sees FAILED: destroyed and its machine excluded now, not at the boot deadline.
+                stored.state = InstanceStatus.FAILED
+                stored.last_error = f"worker failed to start: {detail}"[:2000]
+                report.failed_boots.append(row.id)
             became_ready = healthy and stored.state == InstanceStatus.BOOTING
             if became_ready:
                 stored.state = InstanceStatus.READY

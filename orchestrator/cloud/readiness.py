@@ -48,10 +48,13 @@ def worker_url(listed: ProviderInstance, container_port: int) -> str | None:
 
 @dataclass(frozen=True)
 class Health:
-    """The outcome of one /healthz probe; ``detail`` says why it is not ready."""
+    """The outcome of one /healthz probe; ``detail`` says why it is not ready. ``failed`` means the worker said its
+    start-up self-check or model loading failed: it will never become ready, so waiting for the boot deadline would
+    only bill."""
 
     ready: bool
     detail: str
+    failed: bool = False
 
 
 def probe_health(url: str, *, cert_pem: str, token: str, expected_models: Sequence[str], timeout_s: float) -> Health:
@@ -62,7 +65,8 @@ def probe_health(url: str, *, cert_pem: str, token: str, expected_models: Sequen
     except httpx.HTTPError as exc:
         return Health(False, f"healthz unreachable: {type(exc).__name__}: {str(exc)[:MAX_DETAIL_CHARS]}")
     if response.status_code != httpx.codes.OK:
-        return Health(False, f"healthz answered {response.status_code}: {response.text[:MAX_DETAIL_CHARS]}")
+        detail = f"healthz answered {response.status_code}: {response.text[:MAX_DETAIL_CHARS]}"
+        return Health(False, detail, failed=_reports_failure(response))
     try:
         body = response.json()
     except ValueError:
@@ -73,6 +77,15 @@ def probe_health(url: str, *, cert_pem: str, token: str, expected_models: Sequen
     if missing:
         return Health(False, f"healthz lacks models {missing}")
     return Health(True, "healthy")
+
+
+def _reports_failure(response: httpx.Response) -> bool:
+    """Whether a non-200 /healthz body is the worker's terminal ``{"status": "failed", ...}`` (not "loading")."""
+    try:
+        body = response.json()
+    except ValueError:
+        return False
+    return isinstance(body, dict) and body.get("status") == "failed"
 
 
 # A recent-runs figure counts only over at least this many real batches; fewer are mostly start-up and small batches.

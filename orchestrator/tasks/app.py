@@ -10,6 +10,7 @@ from celery import Celery
 from kombu import Queue  # type: ignore[attr-defined]
 from kombu.exceptions import OperationalError as KombuOperationalError
 
+from orchestrator.logs import connect_celery_logging
 from orchestrator.settings import Settings, get_settings
 from orchestrator.tasks.constants import (
     QUEUE_ANALYZE,
@@ -82,7 +83,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         },
         "worker_hijack_root_logger": False,
         "worker_cancel_long_running_tasks_on_connection_loss": False,
-        "imports": ["orchestrator.tasks.jobs", "orchestrator.tasks.cloud"],
+        "imports": ["orchestrator.tasks.jobs", "orchestrator.tasks.cloud", "orchestrator.tasks.writeback"],
     }
 
 
@@ -91,6 +92,7 @@ def create_celery_app(settings: Settings | None = None) -> Celery:
     settings = settings or get_settings()
     app = Celery("orchestrator")
     app.conf.update(celery_config(settings))
+    connect_celery_logging()  # our log format in workers and beat; job/batch ids on every task's records
     return app
 
 

@@ -206,6 +206,28 @@ def test_a_broken_instance_has_its_logs_stored_is_destroyed_and_its_machine_excl
     _drain(h)
 
 
+def test_a_worker_that_fails_its_start_up_self_check_is_destroyed_at_once_not_at_the_boot_deadline(
+    cloud_sqlite: CloudHarness,
+) -> None:
+    h = cloud_sqlite
+    tenant_id = _tenant()
+    add_pending_batch(tenant_id, assets=4, created_at=T0)
+    h.responders.start_failure = {"gpu": "this torch build does not support sm_120 (NVIDIA GeForce RTX 5090)"}
+    h.tick()
+    (first,) = _rows()
+    h.clock.t = 40  # far inside the 300 s boot deadline
+    report = h.tick()
+    assert report.failed_boots == [first.id]
+    assert first.id in report.destroyed
+    with session_scope() as session:
+        row = session.get(Instance, first.id)
+        assert row is not None and row.state == InstanceStatus.DESTROYED
+        assert "sm_120" in (row.last_error or "")
+        assert [m.machine_id for m in session.scalars(select(ExcludedMachine))] == [11]
+    h.responders.start_failure = None
+    _drain(h)
+
+
 def test_a_failed_list_call_aborts_the_tick_without_destroying_or_renting(cloud_sqlite: CloudHarness) -> None:
     h = cloud_sqlite
     tenant_id = _tenant()

@@ -1,0 +1,1 @@
+"""Observability of the orchestrator: Prometheus metrics read from the database, HTTP metrics and request ids."""
