@@ -9,6 +9,7 @@ from fastapi import Depends, Header, Request
 from sqlalchemy.orm import Session
 
 from orchestrator.api.dashboard.web import CSRF_HEADER, WebIdentity, csrf_matches, session_identity
+from orchestrator.api.rate_limiting import enforce_address_limit, enforce_tenant_limit
 from orchestrator.db.models import Tenant
 from orchestrator.db.session import get_sessionmaker
 from orchestrator.errors import MediaAnalysisError
@@ -78,10 +79,13 @@ def get_tenant(request: Request, session: SessionDep, authorization: Annotated[s
         if identity is not None and identity.tenant_id is not None:
             tenant = session.get(Tenant, identity.tenant_id)
             if tenant is not None and not tenant.disabled:
+                enforce_tenant_limit(request, tenant_id=tenant.id)
                 return tenant
     tenant = tenant_for_api_key(session, plaintext=_bearer(authorization))
     if tenant is None:
+        enforce_address_limit(request)  # guessing keys costs the caller's address, not a tenant
         raise AuthError("the API key is unknown or revoked")
+    enforce_tenant_limit(request, tenant_id=tenant.id)
     return tenant
 
 

@@ -22,14 +22,23 @@ from orchestrator.api.dashboard.web import (
     session_identity,
 )
 from orchestrator.api.deps import AuthError, ForbiddenError
-from orchestrator.api.routes import admin, assets, jobs, media
+from orchestrator.api.rate_limiting import install_rate_limits
+from orchestrator.api.routes import admin, assets, duplicates, jobs, media
+from orchestrator.api.routes import people as people_routes
+from orchestrator.api.routes import search as search_routes
 from orchestrator.api.routes import settings as settings_routes
+from orchestrator.api.routes import similar as similar_routes
+from orchestrator.api.routes import writeback as writeback_routes
 from orchestrator.api.security_headers import SecurityHeadersMiddleware
 from orchestrator.api.uploads import MalformedUploadError
 from orchestrator.db.session import get_sessionmaker
 from orchestrator.errors import ConflictError, MediaAnalysisError, NotFoundError, UploadRejectedError
+from orchestrator.observability.api_metrics import install_observability
+from orchestrator.people.service import InvalidPeopleRequestError
+from orchestrator.search.query import SearchQueryError
 from orchestrator.settings import Settings, get_settings
 from orchestrator.signing import MediaTokenError
+from orchestrator.similarity.errors import TextEncoderUnavailableError
 from orchestrator.storage import LocalStorage
 
 STATIC_DIR = Path(__file__).with_name("static")
@@ -54,6 +63,9 @@ STATUS_BY_ERROR: dict[type[MediaAnalysisError], int] = {
     MalformedUploadError: 400,
     UploadRejectedError: 422,
     MediaTokenError: 403,
+    InvalidPeopleRequestError: 422,
+    SearchQueryError: 422,
+    TextEncoderUnavailableError: 503,
 }
 
 
@@ -81,6 +93,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
 
     app.add_middleware(SecurityHeadersMiddleware)
+    install_observability(app, settings)  # request ids, HTTP metrics, GET /metrics, JSON logs
+    install_rate_limits(app, settings)  # per-tenant token buckets, 429 with Retry-After
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
 
     @app.exception_handler(MediaAnalysisError)
@@ -109,7 +123,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             title = ERROR_TITLES.get(exc.status_code, "Error")
             message = "There is no such page." if exc.status_code == 404 else str(exc.detail)
             return _error_page(request, exc.status_code, title, message)
-        return await http_exception_handler(request, exc)
+        if exc.status_code < 400:
+            return await http_exception_handler(request, exc)
+        # The API's one error shape for the framework's own errors too: an unparseable body (400), no route (404)...
+        body = {"detail": {"code": f"http_{exc.status_code}", "message": str(exc.detail)}}
+        return JSONResponse(body, status_code=exc.status_code, headers=exc.headers)
 
     @app.exception_handler(LoginRequiredError)
     async def login_required(_: Request, exc: LoginRequiredError) -> Response:
@@ -123,7 +141,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     api.include_router(admin.router)
     api.include_router(jobs.router)
     api.include_router(assets.router)
+    api.include_router(search_routes.router)
+    api.include_router(people_routes.router)
     api.include_router(settings_routes.router)
+    api.include_router(writeback_routes.router)
+    api.include_router(duplicates.router)
+    api.include_router(similar_routes.router)
     app.include_router(api)
     # Outside /api/v1: workers fetch media here with a signed token instead of a tenant key.
     app.include_router(media.router)

@@ -14,6 +14,9 @@ from orchestrator.errors import MediaAnalysisError
 from orchestrator.storage import LocalStorage, StagedUpload
 
 MAX_PARTS = 1000
+# One part header line; python-multipart's default (4 KiB) turns a long file name into a 400 for the whole
+# request. 16 KiB fits a 10 kB name, which is then shortened like any other; memory stays bounded per line.
+MAX_PART_HEADER_BYTES = 16 * 1024
 
 
 class MalformedUploadError(MediaAnalysisError):
@@ -108,6 +111,7 @@ async def receive_files(
             "on_part_data": on_part_data,
             "on_part_end": on_part_end,
         },
+        max_header_size=MAX_PART_HEADER_BYTES,
     )
     try:
         async for chunk in request.stream():

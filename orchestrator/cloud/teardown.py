@@ -22,6 +22,7 @@ from orchestrator.cloud.instances import enqueue_batches
 from orchestrator.db.models import BudgetHold, ExcludedMachine, Instance
 from orchestrator.enums import InstanceStatus
 from orchestrator.errors import ProviderError
+from orchestrator.logs import with_log_ids
 from orchestrator.providers.base import Provider
 
 log = logging.getLogger(__name__)
@@ -42,7 +43,8 @@ def settle_row(session: Session, row: Instance, *, now: datetime) -> float:
 def finish(
     session: Session, row: Instance, *, state: InstanceStatus, now: datetime, error: str | None = None
 ) -> list[uuid.UUID]:
-    """Put the row in a final state, settled, with no batch slot left and no batch still linked to it.
+    """Put the row in a final state, settled, with no batch slot left, no batch still linked to it and no usable
+    worker token.
 
     Returns the batches released back to PENDING; the caller enqueues them (:func:`enqueue_batches`) after commit.
     """
@@ -50,6 +52,8 @@ def finish(
     row.state = state
     row.destroyed_at = now
     row.in_flight = 0
+    # The token opened this instance alone and the instance is gone: keep no usable credential for it.
+    row.worker_token = ""
     if error is not None:
         row.last_error = error[:MAX_ERROR_CHARS]
     return release_batches(session, row, now=now)
@@ -71,6 +75,7 @@ def exclude_machine(session: Session, *, provider: str, machine_id: int, instanc
         session.add(ExcludedMachine(provider=provider, machine_id=machine_id, reason=reason, instance_id=instance_id))
 
 
+@with_log_ids  # every line logged while destroying carries the instance id
 def destroy_instance(
     session_factory: sessionmaker[Session],
     provider: Provider,

@@ -26,8 +26,11 @@ from orchestrator.db.session import session_scope
 from orchestrator.ingest import prepare_asset
 from orchestrator.settings import Settings, get_settings
 from orchestrator.storage import LocalStorage
+from tests.fixtures.duplicates import seed_near_pair
 from tests.fixtures.factories import TenantWithKey, jpeg_bytes, make_tenant
+from tests.fixtures.people import seed_people
 from tests.fixtures.services import OrchestratorEnv
+from tests.fixtures.writeback import seed_write
 
 pytestmark = pytest.mark.integration
 
@@ -57,13 +60,34 @@ TENANT_ROUTES: dict[tuple[str, str], Call] = {
     ("GET", "/api/v1/assets/{asset_id}/download"): Call(),
     ("GET", "/api/v1/assets/{asset_id}/thumbnail"): Call(),
     ("GET", "/api/v1/assets"): Call(names_an_object=False),
+    ("GET", "/api/v1/search"): Call(names_an_object=False),
     ("GET", "/api/v1/assets/{asset_id}/original"): Call(),
+    # A's asset is not analyzed, so it has no embedding to compare with (409); /similar requires ?text= (422).
+    ("GET", "/api/v1/assets/{asset_id}/similar"): Call(ok=(409,)),
+    ("GET", "/api/v1/similar"): Call(ok=(422,), names_an_object=False),
     ("GET", "/api/v1/jobs/{job_id}/report"): Call(),
     ("GET", "/api/v1/jobs/{job_id}/results"): Call(),
     ("POST", "/api/v1/jobs/{job_id}/retry"): Call(),
     ("GET", "/api/v1/settings"): Call(names_an_object=False),
     ("PUT", "/api/v1/settings"): Call(json={"nsfw_threshold": 0.4}, names_an_object=False),
     ("GET", "/api/v1/spend"): Call(names_an_object=False),
+    # People: A has person_id (faces face_id and one more) and other_person_id; "{name}" in a body is that id.
+    ("GET", "/api/v1/people"): Call(names_an_object=False),
+    ("GET", "/api/v1/people/{person_id}"): Call(),
+    ("PATCH", "/api/v1/people/{person_id}"): Call(json={"name": "Ada"}),
+    ("GET", "/api/v1/faces/{face_id}/crop"): Call(),
+    ("POST", "/api/v1/people/{person_id}/split"): Call(json={"face_ids": ["{face_id}"]}),
+    ("PATCH", "/api/v1/faces/{face_id}"): Call(json={"person_id": "{other_person_id}"}),
+    ("POST", "/api/v1/people/{person_id}/merge"): Call(json={"into": "{other_person_id}"}),
+    # Write-back: A's asset is not analyzed, so its write-back skips it; write_id is a finished write-back of A's.
+    ("POST", "/api/v1/writeback"): Call(json={"asset_ids": ["{asset_id}"]}, ok=(202,), names_an_object=True),
+    ("GET", "/api/v1/writeback"): Call(names_an_object=False),
+    ("GET", "/api/v1/writeback/{write_id}"): Call(),
+    ("POST", "/api/v1/writeback/{write_id}/undo"): Call(),
+    ("GET", "/api/v1/jobs/{job_id}/originals.zip"): Call(),
+    # Duplicates: group_key is a near-duplicate pair of A's (two more files in A's job).
+    ("GET", "/api/v1/duplicates"): Call(names_an_object=False),
+    ("POST", "/api/v1/duplicates/{group_key}/dismiss"): Call(),
     ("POST", "/api/v1/jobs/{job_id}/cancel"): Call(),
     ("POST", "/api/v1/jobs/{job_id}/seal"): Call(),
 }
@@ -118,6 +142,17 @@ def test_every_api_route_is_known_to_these_tests(tmp_path: Path) -> None:
         assert not path.startswith(ADMIN_PREFIX)
 
 
+def _filled(value: Any, ids: dict[str, str]) -> Any:
+    """A JSON body with every ``"{name}"`` string replaced by the id of that name."""
+    if isinstance(value, dict):
+        return {k: _filled(v, ids) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_filled(v, ids) for v in value]
+    if isinstance(value, str) and re.fullmatch(r"\{[a-z_]+\}", value):
+        return ids[value[1:-1]]
+    return value
+
+
 @dataclass
 class World:
     """Tenants A and B on one API; A owns one job with one prepared asset."""
@@ -128,6 +163,7 @@ class World:
     b: TenantWithKey
     job_id: str
     asset_id: str
+    people: dict[str, str]
 
     def call(self, method: str, path: str, call: Call, headers: dict[str, str], ids: dict[str, str]) -> ClientResponse:
         def fill(match: re.Match[str]) -> str:
@@ -140,7 +176,7 @@ class World:
         if call.upload:
             files = {"files": ("another.jpg", jpeg_bytes(40, 30, (1, 2, 3)), "image/jpeg")}
             return self.client.request(method, url, files=files, headers=headers)
-        return self.client.request(method, url, json=call.json, headers=headers)
+        return self.client.request(method, url, json=_filled(call.json, ids), headers=headers)
 
     def media_files(self) -> set[Path]:
         return {p for p in (self.env.data_dir / "media").rglob("*") if p.is_file()}
@@ -163,11 +199,14 @@ def world(orch_env: OrchestratorEnv) -> Iterator[World]:
                 asset_id=uuid.UUID(asset_id),
                 max_image_pixels=10**8,
             )
-        yield World(client=client, env=orch_env, a=a, b=b, job_id=job["id"], asset_id=asset_id)
+        people = seed_people(a.id, uuid.UUID(asset_id))
+        people["write_id"] = seed_write(a.id)
+        people["group_key"] = seed_near_pair(client, a.headers, job["id"], orch_env.data_dir / "media")
+        yield World(client=client, env=orch_env, a=a, b=b, job_id=job["id"], asset_id=asset_id, people=people)
 
 
 def _a_ids(world: World) -> dict[str, str]:
-    return {"job_id": world.job_id, "asset_id": world.asset_id}
+    return {"job_id": world.job_id, "asset_id": world.asset_id, **world.people}
 
 
 def _a_state(world: World) -> tuple[object, ...]:
@@ -181,6 +220,9 @@ def _a_state(world: World) -> tuple[object, ...]:
 def test_another_tenants_ids_answer_404_not_found_on_every_tenant_route(world: World) -> None:
     a_before, files_before = _a_state(world), world.media_files()
     missing = {"job_id": str(uuid.uuid4()), "asset_id": str(uuid.uuid4())}
+    missing |= {"person_id": str(uuid.uuid4()), "other_person_id": str(uuid.uuid4()), "face_id": "987654321"}
+    missing["write_id"] = str(uuid.uuid4())
+    missing["group_key"] = "0" * 64
     problems = []
 
     for (method, path), call in TENANT_ROUTES.items():
@@ -224,7 +266,7 @@ def test_the_owner_key_works_on_every_tenant_route(world: World) -> None:
             problems.append(f"{method} {path}: A got {answer.status_code} {answer.text[:200]}")
 
     assert problems == []
-    assert _a_state(world)[2] == 2, "A's upload went to A's job"
+    assert _a_state(world)[2] == 4, "A's upload went to A's job (beside a.jpg and the near-duplicate pair)"
 
 
 def _all_tenant_routes_answer(world: World, headers: dict[str, str], status: int, code: str) -> list[str]:

@@ -13,12 +13,12 @@ from sqlalchemy import text
 from orchestrator import budgets
 from orchestrator.api.main import create_app
 from orchestrator.clock import utcnow
-from orchestrator.db.models import Instance, SchedulerEvent, TenantBudget
+from orchestrator.db.models import SchedulerEvent, TenantBudget
 from orchestrator.db.session import session_scope
 from orchestrator.enums import InstanceStatus
 from orchestrator.scheduler import ledger
 from orchestrator.spend import DAYS_SHOWN, HOURS_SHOWN, Bucket, instances_now, spend_series, tenant_spend
-from tests.fixtures.factories import TenantWithKey, make_tenant
+from tests.fixtures.factories import TenantWithKey, make_billed_instance, make_tenant
 from tests.fixtures.services import OrchestratorEnv
 
 pytestmark = pytest.mark.integration
@@ -55,39 +55,6 @@ def _run(tenant_id: uuid.UUID, *, start: datetime, price_per_h_usd: float, accru
     with session_scope() as session:
         budgets.settle(session, tenant_id=tenant_id, instance_id=instance_id, now=accrue_at[-1])
     return instance_id
-
-
-def _instance(tenant_id: uuid.UUID, *, state: InstanceStatus, started: datetime, price_per_h_usd: float) -> uuid.UUID:
-    """An instance row with its reservation, as the actuator writes them."""
-    row_id = uuid.uuid4()
-    with session_scope() as session:
-        budgets.reserve(
-            session,
-            tenant_id=tenant_id,
-            instance_id=str(row_id),
-            price_per_h_usd=price_per_h_usd,
-            amount_usd=0.01,
-            now=started,
-        )
-        session.add(
-            Instance(
-                id=row_id,
-                tenant_id=tenant_id,
-                provider="vast",
-                provider_instance_id=f"v{row_id.hex[:6]}",
-                label=f"mam-test-{row_id}",
-                offer_id="101",
-                machine_id=11,
-                gpu_name="RTX 4090",
-                price_per_h_musd=ledger.usd_to_musd(price_per_h_usd),
-                state=state,
-                worker_token="t",
-                tls_cert_pem="pem",
-                created_at=started,
-                last_error="destroy refused: 500" if state is InstanceStatus.ALERT else None,
-            )
-        )
-    return row_id
 
 
 def test_spend_per_hour_and_per_day_adds_up_to_what_was_charged(orch_env: OrchestratorEnv) -> None:
@@ -127,8 +94,12 @@ def test_spend_per_hour_and_per_day_adds_up_to_what_was_charged(orch_env: Orches
 def test_instances_running_now_show_their_cost_so_far_and_alerts_come_first(orch_env: OrchestratorEnv) -> None:
     tenant, other = _budgeted_tenant(), _budgeted_tenant()
     now = utcnow()
-    ready = _instance(tenant.id, state=InstanceStatus.READY, started=now - timedelta(minutes=30), price_per_h_usd=1.2)
-    alert = _instance(other.id, state=InstanceStatus.ALERT, started=now - timedelta(minutes=10), price_per_h_usd=0.6)
+    ready = make_billed_instance(
+        tenant.id, state=InstanceStatus.READY, started=now - timedelta(minutes=30), price_per_h_usd=1.2
+    )
+    alert = make_billed_instance(
+        other.id, state=InstanceStatus.ALERT, started=now - timedelta(minutes=10), price_per_h_usd=0.6
+    )
 
     with session_scope() as session:
         mine = instances_now(session, now=now, tenant_id=tenant.id)
@@ -148,7 +119,9 @@ def test_the_spend_view_compares_today_and_the_month_with_the_caps_without_writi
     # Started at most an hour ago and today (UTC), priced so that it has cost $5 by now.
     started = max(now - timedelta(hours=1), now.replace(hour=0, minute=0, second=0, microsecond=0))
     hours = max((now - started).total_seconds(), 1.0) / 3600
-    _instance(tenant.id, state=InstanceStatus.READY, started=now - timedelta(hours=hours), price_per_h_usd=5.0 / hours)
+    make_billed_instance(
+        tenant.id, state=InstanceStatus.READY, started=now - timedelta(hours=hours), price_per_h_usd=5.0 / hours
+    )
     with session_scope() as session:
         version = session.get(TenantBudget, tenant.id).version  # type: ignore[union-attr]
         view = tenant_spend(session, tenant_id=tenant.id, now=now)
@@ -172,7 +145,7 @@ def test_the_spend_view_of_a_tenant_without_a_budget_does_not_create_one(orch_en
 def test_rest_spend_gives_the_tenant_its_own_view_only(orch_env: OrchestratorEnv) -> None:
     tenant, other = _budgeted_tenant(), _budgeted_tenant()
     now = utcnow()
-    _instance(other.id, state=InstanceStatus.READY, started=now - timedelta(minutes=5), price_per_h_usd=1.0)
+    make_billed_instance(other.id, state=InstanceStatus.READY, started=now - timedelta(minutes=5), price_per_h_usd=1.0)
     with session_scope() as session:
         session.add(SchedulerEvent(tenant_id=tenant.id, at=now, kind="wait", reason="below_threshold", message="m"))
         session.add(SchedulerEvent(tenant_id=other.id, at=now, kind="rent", reason="backlog", message="theirs"))
@@ -192,8 +165,12 @@ def test_rest_spend_gives_the_tenant_its_own_view_only(orch_env: OrchestratorEnv
 def test_admin_routes_list_every_tenants_spend_and_every_instance_alerts_first(orch_env: OrchestratorEnv) -> None:
     tenant, other = _budgeted_tenant(), _budgeted_tenant()
     now = utcnow()
-    ready = _instance(tenant.id, state=InstanceStatus.READY, started=now - timedelta(minutes=30), price_per_h_usd=1.2)
-    alert = _instance(other.id, state=InstanceStatus.ALERT, started=now - timedelta(minutes=10), price_per_h_usd=0.6)
+    ready = make_billed_instance(
+        tenant.id, state=InstanceStatus.READY, started=now - timedelta(minutes=30), price_per_h_usd=1.2
+    )
+    alert = make_billed_instance(
+        other.id, state=InstanceStatus.ALERT, started=now - timedelta(minutes=10), price_per_h_usd=0.6
+    )
     client = TestClient(create_app())
     admin = {"Authorization": f"Bearer {orch_env.admin_token}"}
 
@@ -202,7 +179,8 @@ def test_admin_routes_list_every_tenants_spend_and_every_instance_alerts_first(o
 
     assert spend.status_code == 200, spend.text
     rows = {r["name"]: r for r in spend.json()["data"]}
-    assert rows[tenant.name]["total_spent_usd"] == pytest.approx(0.6, abs=1e-3)
+    # Accrued up to the request: 30 min at $1.2/h, give or take the seconds a loaded machine takes to get there.
+    assert rows[tenant.name]["total_spent_usd"] == pytest.approx(0.6, abs=0.01)
     assert rows[tenant.name]["today"]["cap_usd"] == 50
     assert rows[tenant.name]["live_instances"] == 1 and rows[tenant.name]["active_keys"] == 1
     assert [(i["id"], i["alert"]) for i in instances.json()["data"]] == [(str(alert), True), (str(ready), False)]

@@ -7,16 +7,17 @@ import uuid
 from fastapi import APIRouter, Response, status
 
 from orchestrator.api.deps import AdminDep, SessionDep
+from orchestrator.api.error_responses import ADMIN_ERRORS, error_responses
 from orchestrator.api.routes.settings import InstancePublic, InstancesPublic, TenantSpendPublic, TenantsSpendPublic
 from orchestrator.api.schemas import ApiKeyCreate, ApiKeyIssued, TenantCreate, TenantPublic, TenantsPublic
 from orchestrator.clock import utcnow
 from orchestrator.spend import instances_now, tenants_spend
 from orchestrator.tenants import create_tenant, issue_api_key, list_tenants, revoke_api_key
 
-router = APIRouter(prefix="/admin", tags=["admin"])
+router = APIRouter(prefix="/admin", tags=["admin"], responses=ADMIN_ERRORS)
 
 
-@router.post("/tenants", status_code=status.HTTP_201_CREATED)
+@router.post("/tenants", status_code=status.HTTP_201_CREATED, responses=error_responses(409))
 def post_tenant(body: TenantCreate, session: SessionDep, _: AdminDep) -> TenantPublic:
     """Create a tenant."""
     tenant = create_tenant(session, name=body.name)
@@ -31,7 +32,7 @@ def get_tenants(session: SessionDep, _: AdminDep) -> TenantsPublic:
     return TenantsPublic(data=[TenantPublic.model_validate(t) for t in tenants], count=len(tenants))
 
 
-@router.post("/tenants/{tenant_id}/keys", status_code=status.HTTP_201_CREATED)
+@router.post("/tenants/{tenant_id}/keys", status_code=status.HTTP_201_CREATED, responses=error_responses(404))
 def post_key(tenant_id: uuid.UUID, body: ApiKeyCreate, session: SessionDep, _: AdminDep) -> ApiKeyIssued:
     """Issue an API key for a tenant; the key is in this answer only."""
     key, plaintext = issue_api_key(session, tenant_id=tenant_id, name=body.name)
@@ -39,7 +40,7 @@ def post_key(tenant_id: uuid.UUID, body: ApiKeyCreate, session: SessionDep, _: A
     return ApiKeyIssued(id=key.id, key=plaintext, prefix=key.prefix, created_at=key.created_at)
 
 
-@router.delete("/keys/{key_id}", status_code=status.HTTP_204_NO_CONTENT)
+@router.delete("/keys/{key_id}", status_code=status.HTTP_204_NO_CONTENT, responses=error_responses(404))
 def delete_key(key_id: uuid.UUID, session: SessionDep, _: AdminDep) -> Response:
     """Revoke an API key."""
     revoke_api_key(session, key_id=key_id)

@@ -14,6 +14,7 @@ from fastapi.responses import FileResponse, StreamingResponse
 
 from gpu_worker.contract import MediaKind
 from orchestrator.api.deps import SessionDep, StorageDep, TenantDep
+from orchestrator.api.error_responses import TENANT_ERRORS, error_responses
 from orchestrator.api.presenters import assets_public, gallery_public
 from orchestrator.api.schemas import AssetPublic, GalleryPublic
 from orchestrator.db.models import Asset
@@ -23,7 +24,8 @@ from orchestrator.gallery import MAX_PAGE_SIZE, PAGE_SIZE, GalleryFilterError, G
 from orchestrator.jobs import get_asset
 from orchestrator.storage import LocalStorage
 
-router = APIRouter(prefix="/assets", tags=["assets"])
+router = APIRouter(prefix="/assets", tags=["assets"], responses=TENANT_ERRORS)
+NOT_FOUND = error_responses(404)
 
 # Uploads are sniffed to these kinds; anything else (never expected) is served as opaque bytes, never rendered.
 INLINE_MEDIA_PREFIXES = ("image/", "video/", "audio/")
@@ -72,7 +74,7 @@ def list_assets_page(
     return gallery_public(page)
 
 
-@router.get("/{asset_id}")
+@router.get("/{asset_id}", responses=NOT_FOUND)
 def get_asset_detail(asset_id: uuid.UUID, session: SessionDep, tenant: TenantDep) -> AssetPublic:
     """An asset with its tags and full results."""
     return assets_public(session, [get_asset(session, tenant_id=tenant.id, asset_id=asset_id)])[0]
@@ -92,7 +94,16 @@ def inline_media_type(mime_type: str | None) -> str:
     return "application/octet-stream"
 
 
-@router.get("/{asset_id}/original", response_class=FileResponse)
+@router.get(
+    "/{asset_id}/original",
+    response_class=FileResponse,
+    responses={
+        **NOT_FOUND,
+        206: {"description": "the requested byte range (``Range``), with ``Content-Range``"},
+        304: {"description": "not modified since the ``ETag`` or date the browser holds"},
+        416: {"description": "the requested range lies outside the file"},
+    },
+)
 def asset_original(asset_id: uuid.UUID, session: SessionDep, tenant: TenantDep, storage: StorageDep) -> FileResponse:
     """The original bytes for display (an <img>, <video> or <audio> element): inline, with its sniffed media type,
     and HTTP Range requests (206 with Content-Range; 416 for a range outside the file) so a player can seek."""
@@ -103,12 +114,13 @@ def asset_original(asset_id: uuid.UUID, session: SessionDep, tenant: TenantDep, 
         media_type=inline_media_type(asset.mime_type),
         filename=asset.original_name,
         content_disposition_type="inline",
-        # Stored blobs are content-addressed and never change, so a browser may keep them for a while.
-        headers={"X-Content-Type-Options": "nosniff", "Cache-Control": "private, max-age=3600"},
+        # A write-back (or its undo) points the asset at other bytes, so the browser revalidates (FileResponse sends
+        # an ETag and Last-Modified of the stored file, and answers 304 when they still match).
+        headers={"X-Content-Type-Options": "nosniff", "Cache-Control": "private, no-cache"},
     )
 
 
-@router.get("/{asset_id}/download", response_class=StreamingResponse)
+@router.get("/{asset_id}/download", response_class=StreamingResponse, responses=NOT_FOUND)
 def download_asset(
     asset_id: uuid.UUID, session: SessionDep, tenant: TenantDep, storage: StorageDep
 ) -> StreamingResponse:
@@ -128,7 +140,7 @@ def download_asset(
     )
 
 
-@router.get("/{asset_id}/thumbnail", response_class=StreamingResponse)
+@router.get("/{asset_id}/thumbnail", response_class=StreamingResponse, responses=NOT_FOUND)
 def asset_thumbnail(
     asset_id: uuid.UUID, session: SessionDep, tenant: TenantDep, storage: StorageDep
 ) -> StreamingResponse:

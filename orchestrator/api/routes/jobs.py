@@ -13,6 +13,8 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from sqlalchemy.orm import Session
 
 from orchestrator.api.deps import SessionDep, SettingsDep, StorageDep, TenantDep
+from orchestrator.api.error_responses import DESCRIPTIONS, TENANT_ERRORS, ErrorBody, error_responses
+from orchestrator.api.paging import Offset
 from orchestrator.api.presenters import assets_public, cancel_public, job_public, report_public, retry_public
 from orchestrator.api.schemas import (
     AssetsPublic,
@@ -39,10 +41,10 @@ from orchestrator.tasks.app import enqueue
 from orchestrator.tasks.constants import TASK_PLAN_JOB, TASK_PREPARE_ASSET
 from orchestrator.tenant_settings import get_tenant_settings
 
-router = APIRouter(prefix="/jobs", tags=["jobs"])
+router = APIRouter(prefix="/jobs", tags=["jobs"], responses=TENANT_ERRORS)
+NOT_FOUND = error_responses(404)
 
 Limit = Annotated[int, Query(ge=1, le=1000)]
-Offset = Annotated[int, Query(ge=0)]
 
 
 def tenant_default_analyzers(session: Session, *, tenant_id: uuid.UUID, settings: Settings) -> list[str]:
@@ -70,7 +72,7 @@ def job_options_with_tenant_defaults(
     return merged
 
 
-@router.post("", status_code=status.HTTP_201_CREATED)
+@router.post("", status_code=status.HTTP_201_CREATED, responses=error_responses(409))
 def post_job(body: JobCreate, session: SessionDep, tenant: TenantDep, settings: SettingsDep) -> JobPublic:
     """Open a job; then upload files to it and seal it.
 
@@ -104,7 +106,7 @@ def get_jobs(session: SessionDep, tenant: TenantDep, limit: Limit = 50, offset: 
     return JobsPublic(data=[job_public(session, j) for j in jobs], count=count)
 
 
-@router.get("/{job_id}")
+@router.get("/{job_id}", responses=NOT_FOUND)
 def get_job_status(job_id: uuid.UUID, session: SessionDep, tenant: TenantDep) -> JobPublic:
     """A job's status, progress counts and notices."""
     return job_public(session, get_job(session, tenant_id=tenant.id, job_id=job_id))
@@ -113,7 +115,16 @@ def get_job_status(job_id: uuid.UUID, session: SessionDep, tenant: TenantDep) ->
 @router.post(
     "/{job_id}/files",
     status_code=status.HTTP_201_CREATED,
-    responses={207: {"model": UploadPublic}, 413: {"model": UploadPublic}, 415: {"model": UploadPublic}},
+    # 409 and 422 are also the answer when every file was a duplicate (or unreadable): then the body is the upload's.
+    responses={
+        **NOT_FOUND,
+        201: {"model": UploadPublic},
+        207: {"model": UploadPublic},
+        409: {"model": UploadPublic | ErrorBody, "description": DESCRIPTIONS[409]},
+        413: {"model": UploadPublic},
+        415: {"model": UploadPublic},
+        422: {"model": UploadPublic | ErrorBody, "description": DESCRIPTIONS[422]},
+    },
     openapi_extra={
         "requestBody": {
             "required": True,
@@ -190,7 +201,7 @@ async def post_files(
     return JSONResponse(body.model_dump(mode="json"), status_code=code)
 
 
-@router.post("/{job_id}/seal")
+@router.post("/{job_id}/seal", responses=NOT_FOUND)
 def post_seal(job_id: uuid.UUID, session: SessionDep, tenant: TenantDep) -> JobPublic:
     """Close the job to new files and start its analysis. Sealing twice is harmless."""
     job, sealed_now = seal_job(session, tenant_id=tenant.id, job_id=job_id)
@@ -200,7 +211,7 @@ def post_seal(job_id: uuid.UUID, session: SessionDep, tenant: TenantDep) -> JobP
     return job_public(session, job)
 
 
-@router.get("/{job_id}/assets")
+@router.get("/{job_id}/assets", responses=NOT_FOUND)
 def get_job_assets(
     job_id: uuid.UUID,
     session: SessionDep,
@@ -216,7 +227,7 @@ def get_job_assets(
     return AssetsPublic(data=assets_public(session, assets), count=count)
 
 
-@router.post("/{job_id}/cancel")
+@router.post("/{job_id}/cancel", responses=error_responses(404, 409))
 def post_cancel(job_id: uuid.UUID, session: SessionDep, tenant: TenantDep) -> CancelPublic:
     """Cancel a job: its waiting and running batches stop, its unanalyzed files fail as ``cancelled``, and nothing
     more of it runs or is paid for. Files already analyzed keep their results. Cancelling twice is harmless; a job
@@ -234,7 +245,7 @@ def send_retry(outcome: RetryOutcome) -> None:
         enqueue(TASK_PLAN_JOB, str(outcome.job.id))
 
 
-@router.post("/{job_id}/retry")
+@router.post("/{job_id}/retry", responses=NOT_FOUND)
 def post_retry(job_id: uuid.UUID, session: SessionDep, tenant: TenantDep) -> RetryPublic:
     """Retry the job's failed files: those with stored bytes go back to work (a done or cancelled job runs again);
     files rejected at upload have no bytes and are listed as not retryable."""
@@ -244,7 +255,7 @@ def post_retry(job_id: uuid.UUID, session: SessionDep, tenant: TenantDep) -> Ret
     return retry_public(session, outcome)
 
 
-@router.get("/{job_id}/report")
+@router.get("/{job_id}/report", responses=NOT_FOUND)
 def get_report(job_id: uuid.UUID, session: SessionDep, tenant: TenantDep) -> JobReportPublic:
     """Where the job's batches ran (cloud instance and GPU, local GPU worker, CPU), the estimated cost so far, and
     its failed files with their reasons."""
@@ -280,7 +291,7 @@ def results_download(
     )
 
 
-@router.get("/{job_id}/results", response_class=StreamingResponse)
+@router.get("/{job_id}/results", response_class=StreamingResponse, responses=NOT_FOUND)
 def get_results(
     job_id: uuid.UUID,
     session: SessionDep,

@@ -12,11 +12,13 @@ from fastapi import APIRouter, Depends
 from fastapi.responses import StreamingResponse
 
 from orchestrator.api.deps import ForbiddenError, SessionDep, SettingsDep, StorageDep
+from orchestrator.api.error_responses import error_responses
 from orchestrator.db.models import Asset
 from orchestrator.errors import NotFoundError
 from orchestrator.signing import MEDIA_PATH, MediaSigningUnavailableError, MediaUrlSigner, media_signer
 
-router = APIRouter(prefix=MEDIA_PATH, tags=["media"])
+# A forged, altered or expired token answers 403; an asset without stored bytes, 404.
+router = APIRouter(prefix=MEDIA_PATH, tags=["media"], responses=error_responses(403, 404, 422))
 
 
 def get_signer(settings: SettingsDep) -> MediaUrlSigner:

@@ -11,11 +11,12 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict
 
 from orchestrator.api.deps import SessionDep, SettingsDep, TenantDep
+from orchestrator.api.error_responses import DESCRIPTIONS, TENANT_ERRORS, ErrorBody
 from orchestrator.clock import utcnow
 from orchestrator.spend import CapUse, EventView, InstanceNow, SpendPoint, TenantSpendRow, tenant_spend
 from orchestrator.tenant_settings import SettingsValidationError, read_settings, save_settings
 
-router = APIRouter(tags=["settings"])
+router = APIRouter(tags=["settings"], responses=TENANT_ERRORS)
 
 
 class SettingsPublic(BaseModel):
@@ -205,7 +206,12 @@ def get_settings_document(session: SessionDep, tenant: TenantDep, settings: Sett
     return SettingsPublic.model_validate(document)
 
 
-@router.put("/settings", response_model=SettingsPublic, responses={422: {"model": SettingsErrorBody}})
+# Settings that break a rule answer SettingsErrorBody; a body that is no JSON object, the API's usual error body.
+@router.put(
+    "/settings",
+    response_model=SettingsPublic,
+    responses={422: {"model": SettingsErrorBody | ErrorBody, "description": DESCRIPTIONS[422]}},
+)
 def put_settings_document(
     values: Annotated[dict[str, Any], Body()], session: SessionDep, tenant: TenantDep, settings: SettingsDep
 ) -> SettingsPublic | JSONResponse:

@@ -1,0 +1,1 @@
+"""Hostile uploads and metadata: the abuse corpus, what the API answers for each file, and bounded memory."""
