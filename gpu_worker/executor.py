@@ -14,6 +14,7 @@ than failed; the device and its torch settings are chosen once.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
@@ -46,6 +47,7 @@ from gpu_worker.models.base import Analyzer, AnalyzerInput, InvalidOptionsError
 from gpu_worker.offline import enforce_offline_libraries
 from gpu_worker.settings import WorkerSettings, get_settings
 from gpu_worker.store import ModelStore
+from gpu_worker.text_embedding import TextEmbeddings
 
 log = logging.getLogger(__name__)
 
@@ -152,6 +154,20 @@ class InProcessExecutor:
                 self._unavailable.pop(key, None)
             return analyzer
 
+    def embed_texts(self, texts: Sequence[str], model_id: str | None = None) -> TextEmbeddings:
+        """CLIP text embeddings of ``texts`` from the CLIP model ``model_id`` (default: the configured one).
+
+        Raises ``ModelUnavailableError`` or ``ModelLoadError`` when that model cannot run here.
+        """
+        from gpu_worker.models.clip import ClipAnalyzer
+
+        if not texts:
+            raise ValueError("no texts to embed")
+        analyzer = self.analyzer("clip", model_id)
+        assert isinstance(analyzer, ClipAnalyzer)
+        rows = analyzer.encode_texts(list(texts)).tolist()
+        return TextEmbeddings(model_id=analyzer.model_id, dim=len(rows[0]), embeddings=rows)
+
     def run(self, manifest: BatchManifest) -> BatchResult:
         """Analyze every item of the manifest with every requested analyzer that applies to it."""
         started = time.perf_counter()
@@ -178,13 +194,14 @@ class InProcessExecutor:
         if active and chunks:
             with (
                 tempfile.TemporaryDirectory(prefix="gpuw-items-") as tmp,
+                self._http_client(manifest) as client,
                 ThreadPoolExecutor(self._decode_workers(), thread_name_prefix="gpuw-decode") as pool,
             ):
                 # The next chunk is fetched and decoded while this one is analyzed.
-                pending = self._submit(pool, manifest, chunks[0], active, Path(tmp))
+                pending = self._submit(pool, manifest, chunks[0], active, Path(tmp), client)
                 for number in range(len(chunks)):
                     upcoming = (
-                        self._submit(pool, manifest, chunks[number + 1], active, Path(tmp))
+                        self._submit(pool, manifest, chunks[number + 1], active, Path(tmp), client)
                         if number + 1 < len(chunks)
                         else {}
                     )
@@ -211,6 +228,15 @@ class InProcessExecutor:
             batch_id=manifest.batch_id, items=results, unavailable=unavailable, device=device, elapsed_s=elapsed
         )
 
+    def _http_client(self, manifest: BatchManifest) -> contextlib.AbstractContextManager[httpx.Client | None]:
+        """One HTTP client for the URL items of a batch, shared by the decode threads.
+
+        A client per item would build a new TLS context each time (tens of ms of CPU per image) and reconnect.
+        """
+        if not any(item.path is None and item.url is not None for item in manifest.items):
+            return contextlib.nullcontext()
+        return httpx.Client(timeout=self.settings.item_download_timeout_s, follow_redirects=True)
+
     def _decode_workers(self) -> int:
         return self.settings.decode_workers or min(MAX_DECODE_WORKERS, os.cpu_count() or 1)
 
@@ -225,6 +251,7 @@ class InProcessExecutor:
         indices: range,
         active: Mapping[str, Analyzer],
         tmp: Path,
+        client: httpx.Client | None = None,
     ) -> dict[int, Future[_Prepared]]:
         futures: dict[int, Future[_Prepared]] = {}
         for index in indices:
@@ -232,14 +259,16 @@ class InProcessExecutor:
             see = self._wanted(active, AnalyzerInput.IMAGE, item.media_kind)
             hear = self._wanted(active, AnalyzerInput.AUDIO, item.media_kind)
             if see or hear:
-                futures[index] = pool.submit(self._prepare, item, index, tmp, decode_frames=bool(see))
+                futures[index] = pool.submit(self._prepare, item, index, tmp, decode_frames=bool(see), client=client)
         return futures
 
-    def _prepare(self, item: ManifestItem, index: int, tmp: Path, *, decode_frames: bool) -> _Prepared:
+    def _prepare(
+        self, item: ManifestItem, index: int, tmp: Path, *, decode_frames: bool, client: httpx.Client | None = None
+    ) -> _Prepared:
         """Fetch one item and decode its frames (on a pool thread); failures are kept, never raised."""
         prepared = _Prepared()
         try:
-            prepared.path = self._local_path(item, tmp, index)
+            prepared.path = self._local_path(item, tmp, index, client)
         except DecodeError as exc:
             prepared.fetch_error = exc
             return prepared
@@ -368,22 +397,26 @@ class InProcessExecutor:
                 outputs.append(ItemError(code=ANALYZER_FAILED, message=f"{analyzer.name} failed: {exc}"))
         return outputs
 
-    def _local_path(self, item: ManifestItem, tmp: Path, index: int) -> Path:
+    def _local_path(self, item: ManifestItem, tmp: Path, index: int, client: httpx.Client | None = None) -> Path:
         if item.path is not None:
             return Path(item.path)
         if item.url is not None:
-            return self._download_item(item, tmp / f"item-{index}")
+            return self._download_item(item, tmp / f"item-{index}", client)
         raise DecodeError(DecodeErrorCode.DECODE_FAILED, f"item {item.asset_id} has neither a path nor a url")
 
-    def _download_item(self, item: ManifestItem, dest: Path) -> Path:
-        """Fetch a URL item to ``dest`` under the size cap, checking its sha256 when the manifest gives one."""
+    def _download_item(self, item: ManifestItem, dest: Path, client: httpx.Client | None = None) -> Path:
+        """Fetch a URL item to ``dest`` under the size cap, checking its sha256 when the manifest gives one.
+
+        ``client`` is the batch's shared client; without one, a client is made for this item alone.
+        """
         assert item.url is not None
         hasher = hashlib.sha256()
         size = 0
         limit = self.settings.max_item_bytes
+        stream = client.stream if client is not None else httpx.stream
         try:
             with (
-                httpx.stream(
+                stream(
                     "GET", item.url, timeout=self.settings.item_download_timeout_s, follow_redirects=True
                 ) as response,
                 dest.open("wb") as out,

@@ -20,6 +20,7 @@ from gpu_worker.contract import BatchResult, ItemResult
 from orchestrator.clock import utcnow
 from orchestrator.db.models import Asset, Batch, Embedding, Job, Result, ResultTag
 from orchestrator.enums import AssetStatus, BatchStatus, JobStatus
+from orchestrator.indexing import index_assets, on_job_finished
 
 T = TypeVar("T")
 MAX_TAG_CHARS = 200  # the width of result_tags.tag
@@ -93,7 +94,7 @@ def reuse_previous_results(session: Session, *, job: Job) -> int:
             )
         )
     )
-    reused = 0
+    reused_ids: list[uuid.UUID] = []
     for asset in pending:
         sources = session.execute(
             select(Asset, Job)
@@ -113,9 +114,12 @@ def reuse_previous_results(session: Session, *, job: Job) -> int:
             if {r.analyzer for r in results} != set(job.analyzers):
                 continue
             _copy_results(session, source=source, target=asset, results=results)
-            reused += 1
+            reused_ids.append(asset.id)
             break
-    return reused
+    if reused_ids:
+        session.flush()
+        index_assets(session, tenant_id=job.tenant_id, asset_ids=reused_ids)
+    return len(reused_ids)
 
 
 def _copy_results(session: Session, *, source: Asset, target: Asset, results: list[Result]) -> None:
@@ -235,15 +239,23 @@ def complete_batch(session: Session, *, claim: Claim, result: BatchResult, backe
             continue  # an answer about an asset that is not in this batch is ignored, never trusted
         if asset_id in assets:
             by_asset[asset_id] = item
+    to_write = {
+        asset_id: by_asset[asset_id]
+        for asset_id, asset in assets.items()
+        if asset.status == AssetStatus.ANALYZING and asset_id in by_asset
+    }
+    existing = _replace_outputs(session, items=to_write)
     for asset_id, asset in assets.items():
         if asset.status != AssetStatus.ANALYZING:
             continue
-        found = by_asset.get(asset_id)
+        found = to_write.get(asset_id)
         if found is None:
             asset.status = AssetStatus.FAILED
             asset.error_code, asset.error_message = "missing_result", "the backend returned no result for this file"
             continue
-        _write_item(session, asset=asset, item=found, attempt=claim.attempt)
+        _write_item(session, asset=asset, item=found, attempt=claim.attempt, existing=existing)
+    session.flush()
+    index_assets(session, tenant_id=batch.tenant_id, asset_ids=list(assets))
     batch.status = BatchStatus.DONE
     batch.backend = backend
     batch.finished_at = utcnow()
@@ -251,10 +263,37 @@ def complete_batch(session: Session, *, claim: Claim, result: BatchResult, backe
     return True
 
 
-def _write_item(session: Session, *, asset: Asset, item: ItemResult, attempt: int) -> None:
+def _replace_outputs(session: Session, *, items: dict[uuid.UUID, ItemResult]) -> dict[tuple[uuid.UUID, str], Result]:
+    """Before a batch's outputs are written: drop the tags and embeddings they replace, and return the results they
+    replace by (asset, analyzer). One read and two deletes per analyzer for the whole batch, not per item: every
+    statement autoflushes, and per item that was most of a batch's dispatch time."""
+    by_analyzer: dict[str, list[uuid.UUID]] = {}
+    for asset_id, item in items.items():
+        for analyzer in item.outputs:
+            by_analyzer.setdefault(analyzer, []).append(asset_id)
+    if not by_analyzer:
+        return {}
+    existing = {
+        (r.asset_id, r.analyzer): r for r in session.scalars(select(Result).where(Result.asset_id.in_(list(items))))
+    }
+    for analyzer, asset_ids in by_analyzer.items():
+        session.execute(delete(ResultTag).where(ResultTag.asset_id.in_(asset_ids), ResultTag.analyzer == analyzer))
+        session.execute(delete(Embedding).where(Embedding.asset_id.in_(asset_ids), Embedding.analyzer == analyzer))
+    return existing
+
+
+def _write_item(
+    session: Session,
+    *,
+    asset: Asset,
+    item: ItemResult,
+    attempt: int,
+    existing: dict[tuple[uuid.UUID, str], Result],
+) -> None:
+    """Write one item's outputs; :func:`_replace_outputs` has already removed the tags and embeddings they replace."""
     for analyzer, output in item.outputs.items():
-        existing = session.scalar(select(Result).where(Result.asset_id == asset.id, Result.analyzer == analyzer))
-        if existing is None:
+        found = existing.get((asset.id, analyzer))
+        if found is None:
             session.add(
                 Result(
                     tenant_id=asset.tenant_id,
@@ -266,13 +305,11 @@ def _write_item(session: Session, *, asset: Asset, item: ItemResult, attempt: in
                 )
             )
         else:
-            existing.model_id, existing.payload, existing.batch_attempt = output.model_id, output.payload, attempt
-        session.execute(delete(ResultTag).where(ResultTag.asset_id == asset.id, ResultTag.analyzer == analyzer))
+            found.model_id, found.payload, found.batch_attempt = output.model_id, output.payload, attempt
         session.add_all(
             ResultTag(tenant_id=asset.tenant_id, asset_id=asset.id, analyzer=analyzer, tag=tag, score=t.score)
             for tag, t in {t.tag[:MAX_TAG_CHARS]: t for t in output.tags}.items()
         )
-        session.execute(delete(Embedding).where(Embedding.asset_id == asset.id, Embedding.analyzer == analyzer))
         if output.embedding:
             session.add(
                 Embedding(
@@ -411,4 +448,5 @@ def finalize_job(session: Session, *, job_id: uuid.UUID) -> bool:
         return False
     job.status = JobStatus.DONE
     job.finished_at = utcnow()
+    on_job_finished(session, tenant_id=job.tenant_id, job_id=job.id)
     return True

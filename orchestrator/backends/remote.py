@@ -10,6 +10,7 @@ BackendUnavailableError, and the batch moves on to the next backend.
 
 from __future__ import annotations
 
+import functools
 import math
 import ssl
 import uuid
@@ -106,9 +107,10 @@ class WorkerClient:
         limit = MAX_ANSWER_BASE_BYTES + MAX_ANSWER_BYTES_PER_ITEM * len(manifest.items)
         headers = {"Authorization": f"Bearer {self.token}"}
         timeout = httpx.Timeout(self.timeout_s, connect=min(CONNECT_TIMEOUT_S, self.timeout_s))
+        verify = _system_ssl_context() if self.verify is True else self.verify
         try:
             with (
-                httpx.Client(timeout=timeout, follow_redirects=False, verify=self.verify) as client,
+                httpx.Client(timeout=timeout, follow_redirects=False, verify=verify) as client,
                 client.stream(
                     "POST", f"{self.url}{ANALYZE_PATH}", json=manifest.model_dump(mode="json"), headers=headers
                 ) as response,
@@ -126,6 +128,13 @@ class WorkerClient:
             raise BackendUnavailableError(
                 f"{self.name} at {self.url} is unreachable: {type(exc).__name__}: {exc}"
             ) from exc
+
+
+@functools.cache
+def _system_ssl_context() -> ssl.SSLContext:
+    """httpx's own context for ``verify=True`` (the system CAs), made once per process: loading the CA bundle costs
+    tens of milliseconds, and a new client per batch would pay it on every batch, even to a plain-HTTP worker."""
+    return httpx.create_ssl_context()
 
 
 def _read_capped(response: httpx.Response, limit: int) -> bytes:
