@@ -25,6 +25,7 @@ from orchestrator.tasks.constants import (
     TASK_RECONCILE,
     TASK_SCHEDULER_TICK,
 )
+from orchestrator.tasks.requests import OrchestratorTask
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +91,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
 def create_celery_app(settings: Settings | None = None) -> Celery:
     """A Celery app configured from ``settings`` (default: the process settings)."""
     settings = settings or get_settings()
-    app = Celery("orchestrator")
+    app = Celery("orchestrator", task_cls=OrchestratorTask)
     app.conf.update(celery_config(settings))
     connect_celery_logging()  # our log format in workers and beat; job/batch ids on every task's records
     return app
