@@ -313,11 +313,22 @@ class InProcessExecutor:
                 # Decoded here, one item at a time: one clip can hold hours of samples.
                 self._run_audio(item.path, kind, {n: sounds[n] for n in hear}, manifest, results[index])
 
-        for name, analyzer in pictures.items():
+        # The nsfw analyzer runs first, so that CLIP can take its classifier scores instead of computing them again.
+        classifier_scores: dict[int, float] = {}
+        for name in sorted(pictures, key=lambda n: n != "nsfw"):
+            analyzer = pictures[name]
             work = [(i, frame) for i, d in decoded.items() if analyzer.applies_to(d.kind) for frame in d.frames]
             if not work:
                 continue
-            outputs = self._run_analyzer(analyzer, manifest.options.get(name, {}), [frame.image for _, frame in work])
+            images = [frame.image for _, frame in work]
+            with _reusing_classifier_scores(analyzer, pictures.get("nsfw"), classifier_scores):
+                outputs = self._run_analyzer(analyzer, manifest.options.get(name, {}), images)
+            if name == "nsfw":
+                classifier_scores = {
+                    id(image): output.payload["nsfw_score"]
+                    for image, output in zip(images, outputs, strict=True)
+                    if isinstance(output, AnalyzerOutput)
+                }
             per_item: dict[int, list[tuple[float | None, AnalyzerOutput | ItemError]]] = {}
             for (index, frame), output in zip(work, outputs, strict=True):
                 per_item.setdefault(index, []).append((frame.timestamp_s, output))
@@ -438,3 +449,17 @@ class InProcessExecutor:
                 f"item {item.asset_id}: sha256 {hasher.hexdigest()} does not match the manifest's {item.sha256}",
             )
         return dest
+
+
+def _reusing_classifier_scores(
+    analyzer: Analyzer, nsfw: Analyzer | None, scores: Mapping[int, float]
+) -> contextlib.AbstractContextManager[None]:
+    """For CLIP, when the batch's nsfw analyzer runs the same classifier model CLIP would, its scores (by image id)
+    stand in for CLIP's own classifier run; otherwise nothing changes."""
+    from gpu_worker.models.clip import ClipAnalyzer
+
+    classifier = analyzer.nsfw_classifier if isinstance(analyzer, ClipAnalyzer) else None
+    if not scores or classifier is None or nsfw is None or nsfw.model_id != classifier.model_id:
+        return contextlib.nullcontext()
+    assert isinstance(analyzer, ClipAnalyzer)
+    return analyzer.known_classifier_scores(scores)

@@ -11,10 +11,11 @@ default), ``nsfw_classifier_score`` is added from it; if that model cannot be ha
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 from collections import OrderedDict
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -86,6 +87,8 @@ class ClipAnalyzer(Analyzer):
         self._cache_lock = threading.Lock()
         self.nsfw_classifier: NsfwAnalyzer | None = None
         self.nsfw_classifier_error: str | None = None
+        # id(image) -> the classifier's score, for images another analyzer of this batch already scored.
+        self._known_classifier_scores: dict[int, float] = {}
 
     @classmethod
     def default_model(cls, settings: WorkerSettings) -> str:
@@ -126,6 +129,29 @@ class ClipAnalyzer(Analyzer):
             self.nsfw_classifier_error = exc.summary
             return
         self.nsfw_classifier = classifier
+
+    @contextlib.contextmanager
+    def known_classifier_scores(self, scores: Mapping[int, float]) -> Iterator[None]:
+        """Within the block, an image whose ``id()`` is a key of ``scores`` takes that NSFW classifier score instead
+        of running the classifier again: the batch's own ``nsfw`` analyzer, with the same model, already scored it.
+        """
+        with self._cache_lock:
+            self._known_classifier_scores.update(scores)
+        try:
+            yield
+        finally:
+            with self._cache_lock:
+                for key in scores:
+                    self._known_classifier_scores.pop(key, None)
+
+    def _classifier_scores(
+        self, classifier: NsfwAnalyzer, images: Sequence[Image.Image], batch_size: int
+    ) -> list[float]:
+        with self._cache_lock:
+            known = [self._known_classifier_scores.get(id(image)) for image in images]
+        missing = [image for image, score in zip(images, known, strict=True) if score is None]
+        fresh = iter(classifier.scores(missing, batch_size) if missing else [])
+        return [score if score is not None else next(fresh) for score in known]
 
     def _loaded(self) -> LoadedClip:
         if self._clip is None:
@@ -238,7 +264,7 @@ class ClipAnalyzer(Analyzer):
         if opts.nsfw:
             nsfw_scores = (self._logit_scale * features @ self._nsfw().T).softmax(dim=-1)[:, 1].tolist()
             if self.nsfw_classifier is not None:
-                classifier_scores = self.nsfw_classifier.scores(images, opts.batch_size)
+                classifier_scores = self._classifier_scores(self.nsfw_classifier, images, opts.batch_size)
 
         per_category = {name: self.category_scores(features, cat).tolist() for name, cat in categories.items()}
         outputs = []

@@ -14,6 +14,7 @@ from PIL import Image
 
 from gpu_worker.contract import BatchManifest, ItemResult, ManifestItem, MediaKind
 from gpu_worker.executor import InProcessExecutor
+from gpu_worker.models.clip import ClipAnalyzer
 from gpu_worker.models.nsfw import BGR_MEAN, CROP_PX, preprocess
 from gpu_worker.settings import WorkerSettings
 from tests.fixtures.tiny_models import TINY_CLIP_ID, draw_shape
@@ -119,6 +120,41 @@ def test_clip_reports_the_classifier_score_beside_its_prompt_score(
         assert 0.0 <= clip["nsfw_score"] <= 1.0
         assert clip["nsfw_classifier_score"] == results[name].outputs["nsfw"].payload["nsfw_score"]
         assert "nsfw_classifier_unavailable" not in clip
+
+
+def test_with_clip_and_nsfw_together_the_classifier_runs_once_per_image(
+    executor: InProcessExecutor, photos: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    clip = executor.analyzer("clip")
+    assert isinstance(clip, ClipAnalyzer) and clip.nsfw_classifier is not None
+    nsfw = executor.analyzer("nsfw")
+    classifier_runs: list[int] = []
+    clip_classifier_scores = clip.nsfw_classifier.scores
+
+    def counted(images: Any, batch_size: int = 32) -> list[float]:
+        classifier_runs.append(len(images))
+        return clip_classifier_scores(images, batch_size)
+
+    monkeypatch.setattr(clip.nsfw_classifier, "scores", counted)
+    before_nsfw = nsfw.stats.images
+
+    results = run(executor, photos, MediaKind.IMAGE, clip=SHAPES, nsfw={})
+
+    assert nsfw.stats.images - before_nsfw == len(PHOTOS)
+    assert classifier_runs == [], "CLIP took the nsfw analyzer's scores instead of running its classifier again"
+    for name in PHOTOS:
+        assert (
+            results[name].outputs["clip"].payload["nsfw_classifier_score"]
+            == results[name].outputs["nsfw"].payload["nsfw_score"]
+        )
+    # Alone, CLIP runs the classifier itself, with the same scores.
+    alone = run(executor, photos, MediaKind.IMAGE, clip=SHAPES)
+    assert sum(classifier_runs) == len(PHOTOS)
+    for name in PHOTOS:
+        assert (
+            alone[name].outputs["clip"].payload["nsfw_classifier_score"]
+            == results[name].outputs["nsfw"].payload["nsfw_score"]
+        )
 
 
 def test_a_video_gets_its_highest_frame_score(executor: InProcessExecutor, tmp_path: Path) -> None:
