@@ -1199,6 +1199,7 @@ def offers_search(
     """Preview what the scheduler would rent now, best images per dollar first (with the scheduler's own checks).
 
     Images/s are measured on our workers where the database holds recent samples, else the configured estimates.
+    "$ / 1000 images" is the offer's $/h divided by its images per hour, times 1000 (the ranking's figure inverted).
     """
     with _server_errors():
         from datetime import timedelta
@@ -1239,7 +1240,8 @@ def offers_search(
             throughput=current_table(load_throughput_table(), samples, now=now, max_age=max_age),
         )
     table = Table(title=f"{len(preview.ranked)} acceptable of {preview.searched} offers found")
-    for header in ("offer", "GPU", "$/h", "images/s", "figure", "images per $", "reliability", "machine"):
+    headers = ("offer", "GPU", "$/h", "images/s", "figure", "images per $", "$ / 1000 images", "reliability", "machine")
+    for header in headers:
         table.add_column(header, justify="right" if header not in ("GPU", "figure") else "left")
     for ranked in preview.ranked[:limit]:
         offer = ranked.offer
@@ -1250,6 +1252,7 @@ def offers_search(
             f"{ranked.images_per_s:.0f}",
             "measured" if ranked.measured else "estimate",
             f"{ranked.images_per_usd:,.0f}",
+            f"{ranked.usd_per_1000_images:.6f}",
             f"{offer.reliability:.3f}",
             str(offer.machine_id),
         )

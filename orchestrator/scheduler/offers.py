@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import tomllib
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -37,6 +38,11 @@ class RankedOffer:
     images_per_usd: float
     # Whether ``images_per_s`` was measured on our workers rather than estimated.
     measured: bool = False
+
+    @property
+    def usd_per_1000_images(self) -> float:
+        """USD for 1000 images on this offer: ``1000 / images_per_usd``, so ranking by one is ranking by the other."""
+        return 1000.0 / self.images_per_usd if self.images_per_usd > 0.0 else math.inf
 
 
 def load_throughput_table(path: Path = THROUGHPUT_FILE) -> ThroughputTable:
