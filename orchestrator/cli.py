@@ -1121,7 +1121,7 @@ def budget_show(tenant: Annotated[str, typer.Argument(help="Tenant name.")]) -> 
         ("GPUs", ", ".join(policy.filters.gpu_names) or "any"),
     ):
         table.add_row(label, value)
-    console.print(table)
+    _print_table(table)
 
 
 @budget_app.command("set")
@@ -1256,7 +1256,7 @@ def offers_search(
             f"{offer.reliability:.3f}",
             str(offer.machine_id),
         )
-    console.print(table)
+    _print_table(table)
     if preview.rejected:
         reasons = ", ".join(f"{reason}: {count}" for reason, count in preview.rejected.most_common())
         console.print(f"refused: {reasons}")
@@ -1295,7 +1295,7 @@ def instances_list(
             row.worker_url or "-",
             (row.last_error or "")[:60],
         )
-    console.print(table)
+    _print_table(table)
 
 
 @instances_app.command("destroy")

@@ -10,4 +10,12 @@ bash scripts/services.sh
 ruff check .
 mypy orchestrator gpu_worker
 mypy --strict deploy/worker/healthcheck.py infra/cloud-init/render.py
-python -m pytest -q "$@"
+if [ "$#" -gt 0 ]; then
+    exec python -m pytest -q "$@"
+fi
+# Most tests run in parallel processes (they wait on databases and subprocesses more than they compute); the chaos,
+# load, browser and end-to-end tests, which time real processes and kill them, run alone after them.
+status=0
+python -m pytest -q -n "${TEST_PROCESSES:-2}" -m "not serial" || status=$?
+python -m pytest -q -m serial || status=$?
+exit "$status"

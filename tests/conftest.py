@@ -26,6 +26,11 @@ for _name, _value in {
 }.items():
     os.environ[_name] = _value
 
+# pytest-xdist's worker processes inherit COLUMNS=80, which rich would freeze into the CLI's console at import; a
+# plain pytest run has none, and the CLI tests pass the width they need with CliRunner's env.
+os.environ.pop("COLUMNS", None)
+os.environ.pop("LINES", None)
+
 pytest_plugins = [
     "tests.fixtures.pytest_fixtures",
     "tests.fixtures.services",
@@ -39,6 +44,18 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED = REPO_ROOT.parent / "shared"
 SHARED_MEDIA = SHARED / "media"
 SHARED_MODELS = SHARED / "models"
+
+
+# Folders whose tests time real processes and kill them; with the browser and end-to-end tests they run alone.
+SERIAL_FOLDERS = frozenset({"chaos", "load"})
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark the tests that must not share the machine with other tests as ``serial`` (see scripts/test.sh)."""
+    for item in items:
+        folder = item.path.relative_to(REPO_ROOT / "tests").parts[0]
+        if folder in SERIAL_FOLDERS or item.get_closest_marker("browser") or item.get_closest_marker("e2e"):
+            item.add_marker(pytest.mark.serial)
 
 
 @pytest.fixture

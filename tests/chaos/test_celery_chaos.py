@@ -140,10 +140,11 @@ def test_workers_killed_with_sigkill_at_random_moments_mid_batch_lose_and_duplic
         await_claim(f"a live worker to claim a batch before kill {round_no}")
         delay = round(chaos_random.rng.uniform(*KILL_DELAY_S), 3)
         time.sleep(delay)
-        if not live_claims(job_ids, besides=dead_holders):  # finished during the delay: strike the next claim
+        holders = live_claims(job_ids, besides=dead_holders)
+        while not holders:  # finished during the delay, or just now: strike the next claim
             await_claim(f"a batch to strike for kill {round_no}")
-        if target is KillTarget.POOL_CHILD:
             holders = live_claims(job_ids, besides=dead_holders)
+        if target is KillTarget.POOL_CHILD:
             victim = chaos_random.rng.choice(sorted(holders))
             os.kill(holder_pid(victim), signal.SIGKILL)  # the Celery parent forks a new child itself
             struck = {victim: holders[victim]}

@@ -11,7 +11,7 @@ import pytest
 import redis
 
 from orchestrator.rate_limits import KEY_PREFIX
-from tests.fixtures.services import PG_ADMIN_URL, REDIS_URL, OrchestratorEnv
+from tests.fixtures.services import PG_ADMIN_URL, REDIS_URL, OrchestratorEnv, redis_db_number
 from tests.isolation.api_processes import ApiProcess, api_processes
 
 # Small enough to reach in a test (12 requests), slow enough (one token a second) that the test's pace barely refills.
@@ -42,7 +42,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             conn.execute(f'CREATE DATABASE "{name}"')
     except psycopg.OperationalError:
         pytest.skip("PostgreSQL is not reachable")
-    redis_url = f"{REDIS_URL}/{1 + uuid.uuid4().int % 14}"
+    redis_url = f"{REDIS_URL}/{redis_db_number()}"
     client = redis.Redis.from_url(redis_url)
     folder = tmp_path_factory.mktemp("isolation-stack")
     env = OrchestratorEnv(
