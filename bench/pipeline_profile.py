@@ -31,7 +31,6 @@ import functools
 import http.server
 import json
 import os
-import platform
 import sys
 import tempfile
 import threading
@@ -46,7 +45,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
-from worker_throughput import IMAGE_ANALYZERS, shared_corpus  # noqa: E402
+from worker_throughput import IMAGE_ANALYZERS, shared_corpus, start_executor  # noqa: E402
 
 from gpu_worker.benchmark import generate_corpus  # noqa: E402
 
@@ -479,38 +478,17 @@ def main() -> None:
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args()
 
-    os.environ.setdefault("GPUW_MODELS_DIR", str(args.work / "cache"))
-    os.environ["GPUW_DEVICE"] = args.device
-    os.environ["GPUW_DECODE_CHUNK_ITEMS"] = str(args.batch_size)
-    if args.catalog:
-        os.environ["GPUW_CATALOG_PATHS"] = json.dumps([str(args.catalog.resolve())])
-    else:
-        from bench_models import build_bench_catalog
-
-        _, env = build_bench_catalog(args.work / "models")
-        os.environ.update(env)
-
-    from gpu_worker.executor import InProcessExecutor
-    from gpu_worker.settings import WorkerSettings
-
-    executor = InProcessExecutor(WorkerSettings())
+    executor, figures = start_executor(
+        args.work, args.device, args.catalog, {"GPUW_DECODE_CHUNK_ITEMS": str(args.batch_size)}
+    )
     device = executor.device
-    info = executor.device_info
     analyzers = [a for a in args.analyzers.split(",") if a]
     corpora: dict[str, tuple[list[Path], Path]] = {}
     if args.corpus in ("generated", "both"):
         corpora["generated 1080p"] = (generate_corpus(args.work / "corpus-1080p", args.images), args.work)
     if args.corpus in ("shared", "both"):
         corpora["shared photos"] = (shared_corpus(args.work / "corpus-shared", args.images), args.work)
-    figures: dict[str, Any] = {
-        "device": device,
-        "device_name": info.name if info else device,
-        "cpu": platform.processor() or platform.machine(),
-        "cores": os.cpu_count(),
-        "date": time.strftime("%Y-%m-%d"),
-        "decode_workers": executor._decode_workers(),
-        "corpora": {},
-    }
+    figures.update({"decode_workers": executor._decode_workers(), "corpora": {}})
     print(f"device: {figures['device_name']} ({device}), {os.cpu_count()} cores, {args.images} images per corpus")
     for name, (paths, root) in corpora.items():
         if not paths:

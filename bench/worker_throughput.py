@@ -20,7 +20,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_MEDIA = REPO.parent / "shared" / "media"
@@ -28,6 +28,9 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
 from gpu_worker.benchmark import generate_corpus, measure_images, measure_transcription  # noqa: E402
+
+if TYPE_CHECKING:
+    from gpu_worker.executor import InProcessExecutor
 
 IMAGE_ANALYZERS = ("clip", "objects", "faces", "nsfw")
 
@@ -46,6 +49,37 @@ def shared_corpus(folder: Path, count: int) -> list[Path]:
     return paths
 
 
+def start_executor(
+    work: Path, device: str, catalog: Path | None, env: dict[str, str] | None = None
+) -> tuple[InProcessExecutor, dict[str, Any]]:
+    """An executor on ``device`` over ``catalog``'s default models (default: the seeded bench catalog built under
+    ``work``), with ``env`` applied first; and the figures that say which machine measured."""
+    os.environ.setdefault("GPUW_MODELS_DIR", str(work / "cache"))
+    os.environ["GPUW_DEVICE"] = device
+    os.environ.update(env or {})
+    if catalog:
+        os.environ["GPUW_CATALOG_PATHS"] = json.dumps([str(catalog.resolve())])
+    else:
+        from bench_models import build_bench_catalog
+
+        _, catalog_env = build_bench_catalog(work / "models")
+        os.environ.update(catalog_env)
+
+    from gpu_worker.executor import InProcessExecutor
+    from gpu_worker.settings import WorkerSettings
+
+    executor = InProcessExecutor(WorkerSettings())
+    info = executor.device_info
+    machine = {
+        "device": executor.device,
+        "device_name": info.name if info else executor.device,
+        "cpu": platform.processor() or platform.machine(),
+        "cores": os.cpu_count(),
+        "date": time.strftime("%Y-%m-%d"),
+    }
+    return executor, machine
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--images", type=int, default=16, help="images per corpus")
@@ -57,35 +91,14 @@ def main() -> None:
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args()
 
-    os.environ.setdefault("GPUW_MODELS_DIR", str(args.work / "cache"))
-    os.environ["GPUW_DEVICE"] = args.device
-    if args.catalog:
-        os.environ["GPUW_CATALOG_PATHS"] = json.dumps([str(args.catalog.resolve())])
-    else:
-        from bench_models import build_bench_catalog
-
-        _, env = build_bench_catalog(args.work / "models")
-        os.environ.update(env)
-
-    from gpu_worker.executor import InProcessExecutor
-    from gpu_worker.settings import WorkerSettings
-
-    executor = InProcessExecutor(WorkerSettings())
+    executor, figures = start_executor(args.work, args.device, args.catalog)
     device = executor.device
-    info = executor.device_info
     analyzers = [a for a in args.analyzers.split(",") if a]
     corpora = {
         "generated 1080p": generate_corpus(args.work / "corpus-1080p", args.images),
         "shared photos": shared_corpus(args.work / "corpus-shared", args.images),
     }
-    figures: dict[str, Any] = {
-        "device": device,
-        "device_name": info.name if info else device,
-        "cpu": platform.processor() or platform.machine(),
-        "cores": os.cpu_count(),
-        "date": time.strftime("%Y-%m-%d"),
-        "results": [],
-    }
+    figures["results"] = []
     print(f"device: {figures['device_name']} ({device}), {os.cpu_count()} cores, {args.images} images per corpus")
     header = f"{'corpus':<16} {'analyzers':<24} {'batched img/s':>14} {'sequential img/s':>17} {'ratio':>6}"
     print(header)
