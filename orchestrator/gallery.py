@@ -12,7 +12,7 @@ import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
-from typing import Literal, TypeVar
+from typing import Any, Literal, TypeVar
 
 from sqlalchemy import ColumnElement, Select, exists, func, or_, select
 from sqlalchemy.orm import Session
@@ -108,8 +108,8 @@ class CardTag:
 
 
 @dataclass(frozen=True)
-class GalleryItem:
-    """One asset as a gallery card shows it."""
+class AssetCard:
+    """What every card of an asset shows, wherever it is listed (gallery, search, similar, duplicates)."""
 
     id: uuid.UUID
     job_id: uuid.UUID
@@ -122,6 +122,29 @@ class GalleryItem:
     height: int | None
     duration_s: float | None
     has_thumbnail: bool
+
+
+def card_fields(asset: Asset) -> dict[str, Any]:
+    """The :class:`AssetCard` fields of an asset row, for building any card."""
+    return {
+        "id": asset.id,
+        "job_id": asset.job_id,
+        "name": asset.original_name,
+        "media_kind": asset.media_kind,
+        "status": str(asset.status),
+        "created_at": asset.created_at,
+        "size_bytes": asset.size_bytes,
+        "width": asset.width,
+        "height": asset.height,
+        "duration_s": asset.duration_s,
+        "has_thumbnail": asset.thumbnail_key is not None,
+    }
+
+
+@dataclass(frozen=True)
+class GalleryItem(AssetCard):
+    """One asset as a gallery card shows it."""
+
     error_code: str | None
     error_message: str | None
     tags: list[CardTag] = field(default_factory=list)
@@ -338,17 +361,7 @@ def _items(session: Session, *, tenant_id: uuid.UUID, assets: list[Asset]) -> li
         scores = nsfw_scores(session, tenant_id=tenant_id, asset_ids=ids)
     return [
         GalleryItem(
-            id=a.id,
-            job_id=a.job_id,
-            name=a.original_name,
-            media_kind=a.media_kind,
-            status=str(a.status),
-            created_at=a.created_at,
-            size_bytes=a.size_bytes,
-            width=a.width,
-            height=a.height,
-            duration_s=a.duration_s,
-            has_thumbnail=a.thumbnail_key is not None,
+            **card_fields(a),
             error_code=a.error_code,
             error_message=a.error_message,
             tags=tags[a.id],

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import asdict
+from typing import Any
 
 from sqlalchemy.orm import Session
 
@@ -22,7 +23,7 @@ from orchestrator.api.schemas import (
     TagPublic,
 )
 from orchestrator.db.models import Asset, Job
-from orchestrator.gallery import GalleryPage
+from orchestrator.gallery import AssetCard, GalleryPage
 from orchestrator.job_control import CancelOutcome, RetryOutcome
 from orchestrator.job_reports import JobReport
 from orchestrator.jobs import job_progress, results_for_assets
@@ -108,22 +109,29 @@ def report_public(session: Session, job: Job, report: JobReport) -> JobReportPub
     )
 
 
+def card_public_fields(card: AssetCard) -> dict[str, Any]:
+    """The :class:`AssetCardPublic` fields of any asset card, for building its REST form."""
+    return {
+        "id": card.id,
+        "job_id": card.job_id,
+        "name": card.name,
+        "media_kind": card.media_kind,
+        "status": card.status,
+        "created_at": card.created_at,
+        "size": card.size_bytes,
+        "width": card.width,
+        "height": card.height,
+        "duration_s": card.duration_s,
+        "thumbnail_url": f"/api/v1/assets/{card.id}/thumbnail" if card.has_thumbnail else None,
+    }
+
+
 def gallery_public(page: GalleryPage) -> GalleryPublic:
     """A gallery page for the REST API."""
     return GalleryPublic(
         data=[
             GalleryItemPublic(
-                id=item.id,
-                job_id=item.job_id,
-                name=item.name,
-                media_kind=item.media_kind,
-                status=item.status,
-                created_at=item.created_at,
-                size=item.size_bytes,
-                width=item.width,
-                height=item.height,
-                duration_s=item.duration_s,
-                thumbnail_url=f"/api/v1/assets/{item.id}/thumbnail" if item.has_thumbnail else None,
+                **card_public_fields(item),
                 error_code=item.error_code,
                 error_message=item.error_message,
                 tags=[TagPublic(tag=t.tag, score=t.score, analyzer=t.analyzer) for t in item.tags],

@@ -229,8 +229,8 @@ class JobReportPublic(BaseModel):
     failed_total: int
 
 
-class GalleryItemPublic(BaseModel):
-    """An asset as the gallery lists it: its best few tags, NSFW score and thumbnail address."""
+class AssetCardPublic(BaseModel):
+    """What every listing of an asset carries: name, kind, status, size, dimensions and thumbnail address."""
 
     id: uuid.UUID
     job_id: uuid.UUID
@@ -243,6 +243,11 @@ class GalleryItemPublic(BaseModel):
     height: int | None
     duration_s: float | None
     thumbnail_url: str | None
+
+
+class GalleryItemPublic(AssetCardPublic):
+    """An asset as the gallery lists it: its best few tags, NSFW score and thumbnail address."""
+
     error_code: str | None
     error_message: str | None
     tags: list[TagPublic]

@@ -12,7 +12,6 @@ import uuid
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
 from enum import StrEnum
 
 import numpy as np
@@ -34,6 +33,7 @@ from orchestrator.duplicates.groups import (
 from orchestrator.duplicates.phash import FLAT_HASH
 from orchestrator.enums import AssetStatus
 from orchestrator.errors import NotFoundError
+from orchestrator.gallery import AssetCard, card_fields
 
 EMBEDDING_ANALYZER = "clip"
 PAGE_SIZE = 50
@@ -65,20 +65,9 @@ class Criteria:
 
 
 @dataclass(frozen=True)
-class DuplicateItem:
+class DuplicateItem(AssetCard):
     """One member of a group as a gallery card shows it, with why it belongs (None for the group's first)."""
 
-    id: uuid.UUID
-    job_id: uuid.UUID
-    name: str
-    media_kind: str | None
-    status: str
-    created_at: datetime
-    size_bytes: int
-    width: int | None
-    height: int | None
-    duration_s: float | None
-    has_thumbnail: bool
     reason: str | None
 
 
@@ -317,17 +306,4 @@ def _reason(group: _Found, member: uuid.UUID, rows: dict[uuid.UUID, Asset]) -> s
 
 
 def _item(asset: Asset, reason: str | None) -> DuplicateItem:
-    return DuplicateItem(
-        id=asset.id,
-        job_id=asset.job_id,
-        name=asset.original_name,
-        media_kind=asset.media_kind,
-        status=str(asset.status),
-        created_at=asset.created_at,
-        size_bytes=asset.size_bytes,
-        width=asset.width,
-        height=asset.height,
-        duration_s=asset.duration_s,
-        has_thumbnail=asset.thumbnail_key is not None,
-        reason=reason,
-    )
+    return DuplicateItem(**card_fields(asset), reason=reason)

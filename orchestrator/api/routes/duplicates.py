@@ -3,8 +3,6 @@ marking a group as not duplicates."""
 
 from __future__ import annotations
 
-import uuid
-from datetime import datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Query
@@ -13,6 +11,8 @@ from pydantic import BaseModel
 from orchestrator.api.deps import SessionDep, TenantDep
 from orchestrator.api.error_responses import TENANT_ERRORS, error_responses
 from orchestrator.api.paging import Offset
+from orchestrator.api.presenters import card_public_fields
+from orchestrator.api.schemas import AssetCardPublic
 from orchestrator.duplicates.groups import DEFAULT_MAX_DISTANCE, DEFAULT_MIN_COSINE, MAX_DISTANCE_LIMIT
 from orchestrator.duplicates.service import (
     MAX_PAGE_SIZE,
@@ -36,20 +36,9 @@ SimilarityQuery = Annotated[
 EmbeddingsQuery = Annotated[bool, Query(description="near: also compare CLIP embeddings (slower on big libraries)")]
 
 
-class DuplicateItemPublic(BaseModel):
+class DuplicateItemPublic(AssetCardPublic):
     """A member of a group, as a gallery card shows it; ``reason`` says why it belongs (null for the first)."""
 
-    id: uuid.UUID
-    job_id: uuid.UUID
-    name: str
-    media_kind: str | None
-    status: str
-    created_at: datetime
-    size: int
-    width: int | None
-    height: int | None
-    duration_s: float | None
-    thumbnail_url: str | None
     reason: str | None
 
 
@@ -95,23 +84,7 @@ def duplicates_public(page: DuplicateGroups) -> DuplicateGroupsPublic:
                 kind=group.kind,
                 reason=group.reason,
                 size=len(group.items),
-                items=[
-                    DuplicateItemPublic(
-                        id=item.id,
-                        job_id=item.job_id,
-                        name=item.name,
-                        media_kind=item.media_kind,
-                        status=item.status,
-                        created_at=item.created_at,
-                        size=item.size_bytes,
-                        width=item.width,
-                        height=item.height,
-                        duration_s=item.duration_s,
-                        thumbnail_url=f"/api/v1/assets/{item.id}/thumbnail" if item.has_thumbnail else None,
-                        reason=item.reason,
-                    )
-                    for item in group.items
-                ],
+                items=[DuplicateItemPublic(**card_public_fields(item), reason=item.reason) for item in group.items],
             )
             for group in page.groups
         ],
