@@ -52,7 +52,7 @@ from gpu_worker.benchmark import generate_corpus  # noqa: E402
 PER_IMAGES = 1000
 H2D = "host-to-device copies"
 FETCH = "media fetch (HTTP, sha256)"
-DECODE = "decode (JPEG, EXIF, shrink to 1024 px)"
+DECODE = "decode (JPEG, EXIF, shrink to the decode size)"
 SERIALISE = "result serialisation (BatchResult JSON)"
 GLUE = "executor: batching and merging"
 # Stages whose time is the model itself; their replays make the forward-only sum.

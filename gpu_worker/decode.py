@@ -19,6 +19,11 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from gpu_worker.contract import MediaKind
 from gpu_worker.errors import DecodeError, DecodeErrorCode
 
+# The longest side decoded images are shrunk to (WorkerSettings.max_decode_side_px): the models look at 160-640 px,
+# and 960 is half of 1920 and a quarter of 3840 and 4032, so 1080p, 4K and phone JPEGs decode straight at that size
+# by DCT scaling, with little or nothing left to resample.
+DEFAULT_MAX_SIDE_PX = 960
+
 try:  # HEIC/HEIF (and AVIF on older Pillow) through the pillow-heif plugin, where it is installed
     from pillow_heif import register_heif_opener
 except ImportError:  # pragma: no cover - without it such files are reported as unsupported_format
@@ -70,7 +75,7 @@ def decode_item(
     kind: MediaKind,
     *,
     max_pixels: int,
-    max_side_px: int | None = 1024,
+    max_side_px: int | None = DEFAULT_MAX_SIDE_PX,
     video_frames: int = 4,
     scene_frames: int = 0,
 ) -> DecodedItem:
@@ -102,7 +107,7 @@ def _looks_like_heif(path: Path) -> bool:
     return len(head) == 12 and head[4:8] == b"ftyp" and head[8:12] in HEIF_BRANDS
 
 
-def decode_image(path: Path, *, max_pixels: int, max_side_px: int | None = 1024) -> Image.Image:
+def decode_image(path: Path, *, max_pixels: int, max_side_px: int | None = DEFAULT_MAX_SIDE_PX) -> Image.Image:
     """Decode an image into RGB (alpha composited on white), EXIF-rotated and shrunk to ``max_side_px``."""
     _require_content(path)
     try:
@@ -129,8 +134,9 @@ def decode_image(path: Path, *, max_pixels: int, max_side_px: int | None = 1024)
                 f"{path.name} is {width}x{height} = {width * height} pixels; the limit is {max_pixels}",
             )
         if max_side_px and image.format == "JPEG":
-            # Decoding a JPEG at 1/2..1/8 scale is several times faster and still at least max_side_px.
-            image.draft("RGB", (max_side_px, max_side_px))
+            # Decoding a JPEG at 1/2..1/8 scale is several times faster; the request is the shrunk size itself, as
+            # Pillow only scales while both sides stay at least what was asked.
+            image.draft("RGB", fitted_size(image.size, max_side_px))
         try:
             image.load()
         except PIXEL_ERRORS as exc:
@@ -146,6 +152,16 @@ def decode_image(path: Path, *, max_pixels: int, max_side_px: int | None = 1024)
     if max_side_px:
         rgb.thumbnail((max_side_px, max_side_px), Image.Resampling.BICUBIC)
     return rgb
+
+
+def fitted_size(size: tuple[int, int], max_side_px: int) -> tuple[int, int]:
+    """``size`` shrunk, aspect kept, so that its longest side is at most ``max_side_px`` (never grown)."""
+    width, height = size
+    longest = max(width, height)
+    if longest <= max_side_px:
+        return width, height
+    scale = max_side_px / longest
+    return max(1, round(width * scale)), max(1, round(height * scale))
 
 
 def _decode_failure(path: Path, exc: BaseException) -> DecodeError:
@@ -176,7 +192,7 @@ def decode_video_frames(
     *,
     count: int = 4,
     max_pixels: int,
-    max_side_px: int | None = 1024,
+    max_side_px: int | None = DEFAULT_MAX_SIDE_PX,
     scene_frames: int = 0,
     scene_threshold: float = SCENE_CHANGE_THRESHOLD,
 ) -> list[Frame]:

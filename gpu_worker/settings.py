@@ -73,8 +73,8 @@ class WorkerSettings(BaseSettings):
 
     # Checked from the image header before any pixel is decoded.
     max_image_pixels: int = 100_000_000
-    # Decoded images are shrunk to this longest side; the analyzers of this milestone look at 224-448 px.
-    max_decode_side_px: int = 1024
+    # Decoded images are shrunk to this longest side (see gpu_worker.decode.DEFAULT_MAX_SIDE_PX for why 960).
+    max_decode_side_px: int = 960
     video_frames: int = 4
     # Extra frames taken where the picture changes most (scene cuts between the grid's frames).
     video_scene_frames: int = 4

@@ -306,8 +306,9 @@ def test_mtcnn_finds_the_faces_listed_for_the_shared_photos(photo_outputs: dict[
             assert all(x1 <= x <= x2 and y1 <= y <= y2 for x, y in face["landmarks"])
             assert len(face["embedding"]) == EMBEDDING_DIM
             assert norm(face["embedding"]) == pytest.approx(1.0, abs=1e-5)
-        sizes = [face["size_px"] for face in output.payload["faces"]]
-        assert sizes == sorted(sizes, reverse=True)
+        # Largest first, by box area (the shorter side alone may order two similar faces the other way).
+        areas = [(f["box"][2] - f["box"][0]) * (f["box"][3] - f["box"][1]) for f in output.payload["faces"]]
+        assert areas == sorted(areas, reverse=True)
 
 
 def test_a_lower_min_probability_adds_zidanes_two_blurred_background_faces(zidane_full_size: AnalyzerOutput) -> None:
@@ -324,15 +325,23 @@ def test_boxes_and_landmarks_do_not_depend_on_the_analyzed_size(
     big, small = zidane_full_size.payload, photo_outputs["zidane.jpg"].payload
 
     assert (big["image_width"], small["image_width"]) == (1280, DECODE_SIDE_PX)
-    # The two clear faces are also the two largest.
-    pairs = list(zip(big["faces"][:2], small["faces"], strict=True))
+    # The two clear faces are also the two largest; they are about the same size, so pair them by position.
+    assert len(small["faces"]) == 2
+    pairs = [(min(big["faces"][:2], key=lambda a: _centre_distance(a["box"], b["box"])), b) for b in small["faces"]]
+    assert pairs[0][0] is not pairs[1][0]
+    # MTCNN's image pyramid (steps of 0.709) meets a face at a different scale for each analyzed size, so its boxes
+    # move by up to about 2 % of the image between sizes (zidane's faces: 0.5-1.8 % from 900 to 1,100 px wide).
     for a, b in pairs:
-        assert a["box"] == pytest.approx(b["box"], abs=0.01)
-        assert a["landmarks"] == [pytest.approx(point, abs=0.01) for point in b["landmarks"]]
+        assert a["box"] == pytest.approx(b["box"], abs=0.025)
+        assert a["landmarks"] == [pytest.approx(point, abs=0.025) for point in b["landmarks"]]
     # Each face's crop at the other size embeds nearer to itself than to the other man's face.
     for own, (a, b) in enumerate(pairs):
         other = pairs[1 - own][1]
         assert dot(a["embedding"], b["embedding"]) > dot(a["embedding"], other["embedding"])
+
+
+def _centre_distance(a: list[float], b: list[float]) -> float:
+    return abs((a[0] + a[2]) - (b[0] + b[2])) + abs((a[1] + a[3]) - (b[1] + b[3]))
 
 
 def test_embeddings_can_be_turned_off(analyzer: FacesAnalyzer, shared_media: Path) -> None:
