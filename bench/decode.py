@@ -4,6 +4,9 @@ against 1024 px, for the JPEG sizes people upload, and the CPU cores that decodi
     python bench/decode.py                        # 8 generated JPEGs per size, best of 3
     python bench/decode.py --images 16 --repeat 5 --gpu-img-s 2000 --json decode.json
 
+It also decodes the 1080p corpus on 1 and on ``--threads`` threads (default: one per core), as the worker's decode
+pool does: Pillow releases the GIL while it decodes and resamples, so images/s should grow with the threads.
+
 A GPU worker decodes on its CPU threads while the GPU runs the models, so at the issue's 2,000 images/s the decode
 cost per image decides how many cores feed one GPU. Corpora: textured JPEGs generated at 1920x1080, 3840x2160 and
 4032x3024 (``gpu_worker.benchmark.generate_corpus``), and the shared photos. Nothing is asserted: record the figures
@@ -14,11 +17,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -50,12 +55,26 @@ def ms_per_image(paths: list[Path], side: int, repeat: int) -> tuple[float, tupl
     return best, size
 
 
+def images_per_s(paths: list[Path], side: int, threads: int, repeat: int) -> float:
+    """Best of ``repeat`` decode rates of ``paths`` (each decoded 4 times) on a pool of ``threads`` threads."""
+    max_pixels = WorkerSettings().max_image_pixels
+    work = paths * 4
+    best = 0.0
+    with ThreadPoolExecutor(threads) as pool:
+        for _ in range(repeat):
+            began = time.perf_counter()
+            list(pool.map(lambda path: decode_image(path, max_pixels=max_pixels, max_side_px=side), work))
+            best = max(best, len(work) / (time.perf_counter() - began))
+    return best
+
+
 def main() -> None:
     """Measure each corpus at the configured decode size and at 1024 px; print and optionally write the figures."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--images", type=int, default=8, help="images per corpus")
     parser.add_argument("--repeat", type=int, default=3, help="timed passes per figure (the best is kept)")
     parser.add_argument("--gpu-img-s", type=float, default=2000.0, help="the GPU pace decoding has to keep up with")
+    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="decode threads for the scaling run")
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args()
 
@@ -92,8 +111,16 @@ def main() -> None:
         )
     mean_gain = statistics.fmean(r["ms_per_image_at_1024"] / r["ms_per_image"] for r in rows)
     print(f"\nmean gain over 1024 px: {mean_gain:.2f}x")
+    first = next(iter(corpora))
+    one = images_per_s(corpora[first], configured, 1, args.repeat)
+    many = images_per_s(corpora[first], configured, args.threads, args.repeat)
+    print(
+        f"{first} on threads: 1 thread {one:.1f} img/s, {args.threads} threads {many:.1f} img/s "
+        f"({many / one:.2f}x on {os.cpu_count()} cores)"
+    )
     if args.json:
-        args.json.write_text(json.dumps({"gpu_img_s": args.gpu_img_s, "rows": rows}, indent=2))
+        scaling = {"corpus": first, "threads": args.threads, "img_s_1_thread": one, "img_s_threads": many}
+        args.json.write_text(json.dumps({"gpu_img_s": args.gpu_img_s, "rows": rows, "threads": scaling}, indent=2))
 
 
 if __name__ == "__main__":

@@ -86,7 +86,7 @@ class WorkerSettings(BaseSettings):
     # Items decoded and analyzed together; bounds the memory held by decoded pixels. While one chunk is analyzed,
     # the decode pool prepares the next.
     decode_chunk_items: int = 32
-    # Threads that fetch and decode items (0: one per core, at most 8).
+    # Threads that fetch and decode items (0: one per core on a GPU, at most 8 on the CPU).
     decode_workers: int = 0
     # torch intra-op threads on the CPU (0: one per core).
     cpu_threads: int = 0

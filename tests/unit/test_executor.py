@@ -8,13 +8,14 @@ import wave
 from pathlib import Path
 
 import av
+import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, JpegImagePlugin
 
 from gpu_worker.contract import BatchManifest, ManifestItem, MediaKind
-from gpu_worker.decode import decode_image, decode_item
+from gpu_worker.decode import decode_image, decode_item, fitted_size
 from gpu_worker.errors import DecodeError
-from gpu_worker.executor import InProcessExecutor
+from gpu_worker.executor import MAX_DECODE_WORKERS, InProcessExecutor, decode_worker_count
 from gpu_worker.settings import WorkerSettings
 from tests.fixtures.tiny_models import TINY_CLIP_ID, catalog_toml_for, draw_shape, serve_folder
 
@@ -251,6 +252,66 @@ def test_exif_orientation_is_applied_and_alpha_lands_on_white(tmp_path: Path) ->
 
     assert decode_image(rotated, max_pixels=10_000).size == (40, 80)
     assert decode_image(transparent, max_pixels=10_000).getpixel((5, 5)) == (255, 255, 255)
+
+
+@pytest.mark.parametrize(
+    ("size", "side", "fitted"),
+    [
+        ((1920, 1080), 960, (960, 540)),
+        ((810, 1080), 960, (720, 960)),
+        ((500, 400), 960, (500, 400)),
+        ((5000, 1), 960, (960, 1)),
+    ],
+)
+def test_fitted_size_keeps_the_aspect_and_never_grows(
+    size: tuple[int, int], side: int, fitted: tuple[int, int]
+) -> None:
+    assert fitted_size(size, side) == fitted
+
+
+def test_a_landscape_jpeg_is_decoded_at_half_scale_close_to_a_full_decode_and_resample(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rng = np.random.default_rng(1)
+    gradient = np.linspace(0, 255, 1920, dtype=np.float32)[None, :, None].repeat(1080, axis=0).repeat(3, axis=2)
+    pixels = np.clip(gradient + rng.normal(0, 8, (1080, 1920, 3)), 0, 255).astype(np.uint8)
+    path = tmp_path / "wide.jpg"
+    Image.fromarray(pixels).save(path, quality=90)
+    drafted_sizes: list[tuple[int, int]] = []
+    draft = JpegImagePlugin.JpegImageFile.draft
+
+    def recording_draft(self: JpegImagePlugin.JpegImageFile, *args: object, **kwargs: object) -> object:
+        result = draft(self, *args, **kwargs)  # type: ignore[arg-type]
+        drafted_sizes.append(self.size)
+        return result
+
+    monkeypatch.setattr(JpegImagePlugin.JpegImageFile, "draft", recording_draft)
+    drafted = decode_image(path, max_pixels=10_000_000, max_side_px=960)
+    monkeypatch.setattr(JpegImagePlugin.JpegImageFile, "draft", draft)
+    whole = decode_image(path, max_pixels=10_000_000, max_side_px=None).resize((960, 540), Image.Resampling.BICUBIC)
+
+    assert drafted.size == (960, 540)
+    # The JPEG was decoded at half scale (DCT scaling), not decoded whole and resampled.
+    assert drafted_sizes == [(960, 540)]
+    difference = np.abs(np.asarray(drafted, dtype=np.int16) - np.asarray(whole, dtype=np.int16))
+    assert difference.mean() < 2.0
+
+
+@pytest.mark.parametrize(
+    ("configured", "cores", "device", "threads"),
+    [
+        (3, 32, "cuda", 3),
+        (0, 32, "cuda", 32),
+        (0, 32, "cuda:1", 32),
+        (0, 32, "cpu", MAX_DECODE_WORKERS),
+        (0, 2, "cpu", 2),
+        (0, 0, "cpu", 1),
+    ],
+)
+def test_decode_threads_fill_a_gpu_hosts_cores_and_leave_the_cpus_to_the_models(
+    configured: int, cores: int, device: str, threads: int
+) -> None:
+    assert decode_worker_count(configured, cores, device) == threads
 
 
 def test_heif_without_its_plugin_is_unsupported_not_garbage(tmp_path: Path) -> None:
