@@ -266,9 +266,9 @@ def url_items(paths: list[Path], base_url: str, root: Path) -> list[Any]:
 
 def serialise(result: Any) -> bytes:
     """The BatchResult's body as ``gpu-worker serve`` answers it."""
-    from fastapi.responses import JSONResponse
+    from gpu_worker.server import answer_body
 
-    return bytes(JSONResponse(result.model_dump(mode="json")).body)
+    return answer_body(result)
 
 
 def _check(result: Any) -> None:

@@ -313,6 +313,13 @@ def _warmup_wav() -> bytes:
     return buffer.getvalue()
 
 
+def answer_body(result: BatchResult) -> bytes:
+    """The JSON body of a batch's answer, serialised by pydantic's own encoder: going through Python objects and the
+    standard library's ``json`` took about 3 ms per image (512-float embeddings), a core's worth at 300 images/s. A
+    float that is not finite, which JSON cannot carry, is written as ``null``."""
+    return result.model_dump_json().encode()
+
+
 def create_app(
     settings: WorkerSettings,
     *,
@@ -384,7 +391,7 @@ def create_app(
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     @app.post("/v1/analyze", dependencies=authorized, response_model=BatchResult)
-    async def analyze(request: Request) -> JSONResponse:
+    async def analyze(request: Request) -> Response:
         """Run a manifest (JSON, or multipart with uploaded files) and answer its BatchResult."""
         folder: Path | None = None
         try:
@@ -426,7 +433,7 @@ def create_app(
         except (RuntimeError, ValueError, OSError) as exc:
             log.exception("batch %s failed", manifest.batch_id)
             raise RequestError("batch_failed", f"{type(exc).__name__}: {exc}", 500) from exc
-        return JSONResponse(result.model_dump(mode="json"))
+        return Response(await to_thread.run_sync(answer_body, result), media_type="application/json")
 
     @app.post(EMBED_TEXT_PATH, dependencies=authorized, response_model=TextEmbeddings)
     async def embed_text(request: Request) -> JSONResponse:
