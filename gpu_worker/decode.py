@@ -12,6 +12,7 @@ import threading
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import av
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -59,6 +60,8 @@ class Frame:
 
     image: Image.Image
     timestamp_s: float | None = None
+    # Each analyzer's prepared input for this picture, made on the decode thread (Analyzer.prepare).
+    prepared: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass

@@ -39,7 +39,7 @@ from gpu_worker.contract import (
     ManifestItem,
     MediaKind,
 )
-from gpu_worker.decode import DecodedItem, decode_item
+from gpu_worker.decode import DecodedItem, Frame, decode_item
 from gpu_worker.device import DeviceInfo, choose_device, configure_torch
 from gpu_worker.errors import DecodeError, DecodeErrorCode, ModelLoadError, ModelUnavailableError, WorkerError
 from gpu_worker.models import ANALYZERS, analyzer_class
@@ -270,13 +270,29 @@ class InProcessExecutor:
             see = self._wanted(active, AnalyzerInput.IMAGE, item.media_kind)
             hear = self._wanted(active, AnalyzerInput.AUDIO, item.media_kind)
             if see or hear:
-                futures[index] = pool.submit(self._prepare, item, index, tmp, decode_frames=bool(see), client=client)
+                futures[index] = pool.submit(
+                    self._prepare,
+                    item,
+                    index,
+                    tmp,
+                    decode_frames=bool(see),
+                    client=client,
+                    analyzers={name: active[name] for name in see},
+                )
         return futures
 
     def _prepare(
-        self, item: ManifestItem, index: int, tmp: Path, *, decode_frames: bool, client: httpx.Client | None = None
+        self,
+        item: ManifestItem,
+        index: int,
+        tmp: Path,
+        *,
+        decode_frames: bool,
+        client: httpx.Client | None = None,
+        analyzers: Mapping[str, Analyzer] | None = None,
     ) -> _Prepared:
-        """Fetch one item and decode its frames (on a pool thread); failures are kept, never raised."""
+        """Fetch one item, decode its frames and make each analyzer's prepared input for them (on a pool thread);
+        failures are kept, never raised."""
         prepared = _Prepared()
         try:
             prepared.path = self._local_path(item, tmp, index, client)
@@ -287,7 +303,7 @@ class InProcessExecutor:
             prepared.temp_files.append(prepared.path)
         if decode_frames:
             try:
-                prepared.decoded = decode_item(
+                decoded = decode_item(
                     prepared.path,
                     item.media_kind,
                     max_pixels=self.settings.max_image_pixels,
@@ -297,6 +313,9 @@ class InProcessExecutor:
                 )
             except DecodeError as exc:
                 prepared.decode_error = exc
+            else:
+                _prepare_frames(decoded.frames, analyzers or {})
+                prepared.decoded = decoded
         return prepared
 
     def _analyze_chunk(
@@ -332,7 +351,11 @@ class InProcessExecutor:
             if not work:
                 continue
             images = [frame.image for _, frame in work]
-            with _reusing_classifier_scores(analyzer, pictures.get("nsfw"), classifier_scores):
+            ready = {id(frame.image): frame.prepared[name] for _, frame in work if name in frame.prepared}
+            with (
+                _reusing_classifier_scores(analyzer, pictures.get("nsfw"), classifier_scores),
+                analyzer.prepared_inputs(ready),
+            ):
                 outputs = self._run_analyzer(analyzer, manifest.options.get(name, {}), images)
             if name == "nsfw":
                 classifier_scores = {
@@ -460,6 +483,20 @@ class InProcessExecutor:
                 f"item {item.asset_id}: sha256 {hasher.hexdigest()} does not match the manifest's {item.sha256}",
             )
         return dest
+
+
+def _prepare_frames(frames: Sequence[Frame], analyzers: Mapping[str, Analyzer]) -> None:
+    """Each analyzer's prepared input for each frame, kept on the frame. One that fails is left out: the analyzer
+    prepares that input again in ``run`` and reports the failure with its item."""
+    for frame in frames:
+        for name, analyzer in analyzers.items():
+            try:
+                value = analyzer.prepare(frame.image)
+            except RUN_ERRORS as exc:
+                log.debug("analyzer %s could not prepare a frame ahead: %s", name, exc)
+                continue
+            if value is not None:
+                frame.prepared[name] = value
 
 
 def _reusing_classifier_scores(

@@ -11,13 +11,14 @@ whole file or a video's whole sound track). The executor decodes only what the a
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import pickle
 import threading
 import time
 import zipfile
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
@@ -46,6 +47,7 @@ LOAD_ERRORS: tuple[type[BaseException], ...] = (
 
 # A bare ``Analyzer`` (the executor's view, and subclasses that do not say) takes any input.
 InputT = TypeVar("InputT", default=Any)
+T = TypeVar("T")
 """What one analyzer input is: a PIL image for picture analyzers, an ``AudioClip`` for speech analyzers."""
 
 
@@ -88,6 +90,8 @@ class Analyzer(ABC, Generic[InputT]):
         self.load_s: float | None = None
         self.stats = RunStats()
         self._stats_lock = threading.Lock()
+        self._prepared: dict[int, Any] = {}
+        self._prepared_lock = threading.Lock()
 
     @classmethod
     @abstractmethod
@@ -164,6 +168,31 @@ class Analyzer(ABC, Generic[InputT]):
             self.stats.seconds += elapsed
             self.stats.last_s = elapsed
         return outputs
+
+    def prepare(self, item: InputT) -> Any | None:
+        """This analyzer's per-input CPU work that depends on nothing but the input (resizing, normalising), for the
+        executor to run on its decode threads while the model is busy with the previous chunk; None when there is
+        none. ``run`` gives the same outputs with or without it."""
+        return None
+
+    @contextlib.contextmanager
+    def prepared_inputs(self, prepared: Mapping[int, Any]) -> Iterator[None]:
+        """Within the block, an input whose ``id()`` is a key of ``prepared`` is taken as already prepared, with that
+        value: what :meth:`prepare` returned for it."""
+        with self._prepared_lock:
+            self._prepared.update(prepared)
+        try:
+            yield
+        finally:
+            with self._prepared_lock:
+                for key in prepared:
+                    self._prepared.pop(key, None)
+
+    def _prepared_or(self, item: InputT, prepare: Callable[[InputT], T]) -> T:
+        """``item``'s prepared value when the executor made one ahead, otherwise ``prepare(item)`` now."""
+        with self._prepared_lock:
+            found = self._prepared.get(id(item))
+        return found if found is not None else prepare(item)
 
     # Options for the warm-up batch (e.g. no voice activity filter, so that a speech model really runs).
     warm_up_options: ClassVar[Mapping[str, Any]] = {}

@@ -195,13 +195,18 @@ class ClipAnalyzer(Analyzer):
                 chunks.append(torch.nn.functional.normalize(features.float(), dim=-1).cpu())
         return torch.cat(chunks)
 
+    def prepare(self, item: Image.Image) -> torch.Tensor:
+        """The image as the tower's input (resized, centre-cropped, normalised), made on a decode thread."""
+        return self._loaded().preprocess(item)
+
     def encode_images(self, images: Sequence[Image.Image], batch_size: int = 32) -> torch.Tensor:
         """L2-normalised image embeddings, float32 on the CPU, in micro-batches of ``batch_size``."""
         clip = self._loaded()
         chunks = []
         with torch.inference_mode(), self._autocast():
             for start in range(0, len(images), batch_size):
-                pixels = torch.stack([clip.preprocess(image) for image in images[start : start + batch_size]])
+                batch = images[start : start + batch_size]
+                pixels = torch.stack([self._prepared_or(image, clip.preprocess) for image in batch])
                 if self._loaded_device() == "cuda":
                     # Page-locked memory lets the copy overlap with the previous micro-batch's kernels.
                     pixels = pixels.pin_memory().to(self.device or "cuda", non_blocking=True)

@@ -118,13 +118,18 @@ class NsfwAnalyzer(Analyzer[Image.Image]):
         self._input_name = inputs[0].name
         self.providers = session.get_providers()
 
+    def prepare(self, item: Image.Image) -> npt.NDArray[np.float32]:
+        """The image as the classifier's input (the JPEG round trip, crop and channel means), made on a decode
+        thread."""
+        return preprocess(item)
+
     def scores(self, images: Sequence[Image.Image], batch_size: int = DEFAULT_BATCH) -> list[float]:
         """The NSFW probability of each image, in order, in micro-batches of ``batch_size``."""
         if self._session is None:
             raise RuntimeError("the nsfw analyzer is not loaded")
         scores: list[float] = []
         for start in range(0, len(images), batch_size):
-            batch = np.stack([preprocess(image) for image in images[start : start + batch_size]])
+            batch = np.stack([self._prepared_or(image, preprocess) for image in images[start : start + batch_size]])
             try:
                 (probabilities,) = self._session.run(None, {self._input_name: batch})
             except ORT_ERRORS as exc:  # the executor isolates failing items on RuntimeError

@@ -13,9 +13,10 @@ import pytest
 from PIL import Image
 
 from gpu_worker.contract import BatchManifest, ItemResult, ManifestItem, MediaKind
+from gpu_worker.decode import decode_image
 from gpu_worker.executor import InProcessExecutor
 from gpu_worker.models.clip import ClipAnalyzer
-from gpu_worker.models.nsfw import BGR_MEAN, CROP_PX, preprocess
+from gpu_worker.models.nsfw import BGR_MEAN, CROP_PX, NsfwAnalyzer, preprocess
 from gpu_worker.settings import WorkerSettings
 from tests.fixtures.tiny_models import TINY_CLIP_ID, draw_shape
 from tests.fixtures.tiny_whisper import (
@@ -96,11 +97,28 @@ def test_safe_photos_score_low_as_measured_with_the_reference_package(
 
     scores = {name: results[name].outputs["nsfw"].payload["nsfw_score"] for name in PHOTOS}
     assert all(score < 0.01 for score in scores.values())
-    # Same order of magnitude as the reference; the worker sees the photos shrunk to 1024 px first.
+    # Same order of magnitude as the reference; the worker sees the photos shrunk to 960 px first.
     for name, score in scores.items():
         assert OPEN_NSFW_README_SCORES[name] / 3 < score < OPEN_NSFW_README_SCORES[name] * 3, name
     assert all(results[name].outputs["nsfw"].tags == [] for name in PHOTOS)
     assert (executor.store.folder(OPEN_NSFW_ID) / "open-nsfw.onnx").is_file()
+
+
+def test_inputs_prepared_on_the_decode_threads_score_exactly_as_prepared_in_run(
+    executor: InProcessExecutor, photos: dict[str, Path]
+) -> None:
+    results = run(executor, photos, MediaKind.IMAGE, nsfw={})
+    nsfw = executor.analyzer("nsfw")
+    assert isinstance(nsfw, NsfwAnalyzer)
+    settings = executor.settings
+    images = [
+        decode_image(path, max_pixels=settings.max_image_pixels, max_side_px=settings.max_decode_side_px)
+        for path in photos.values()
+    ]
+
+    direct = nsfw.scores(images)
+
+    assert [results[name].outputs["nsfw"].payload["nsfw_score"] for name in photos] == [round(s, 6) for s in direct]
 
 
 def test_threshold_zero_tags_every_image_with_its_score(executor: InProcessExecutor, photos: dict[str, Path]) -> None:
