@@ -188,10 +188,14 @@ class Analyzer(ABC, Generic[InputT]):
                 for key in prepared:
                     self._prepared.pop(key, None)
 
+    def _prepared_value(self, item: InputT) -> Any | None:
+        """What the executor prepared ahead for ``item`` (:meth:`prepare`), or None."""
+        with self._prepared_lock:
+            return self._prepared.get(id(item))
+
     def _prepared_or(self, item: InputT, prepare: Callable[[InputT], T]) -> T:
         """``item``'s prepared value when the executor made one ahead, otherwise ``prepare(item)`` now."""
-        with self._prepared_lock:
-            found = self._prepared.get(id(item))
+        found = self._prepared_value(item)
         return found if found is not None else prepare(item)
 
     # Options for the warm-up batch (e.g. no voice activity filter, so that a speech model really runs).

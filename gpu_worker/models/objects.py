@@ -47,6 +47,7 @@ MAX_NMS_CANDIDATES = 30_000
 # People tags by count: 0 none, 1 solo, 2 pair, 3 or more group.
 GROUP_MIN_PEOPLE = 3
 SCORE_DIGITS = 6
+DEFAULT_IMGSZ = 640
 # Tasks whose heads put xywh boxes and class scores first; classify and obb models have other outputs.
 DETECTING_TASKS = frozenset({"detect", "segment", "pose"})
 
@@ -60,7 +61,7 @@ class ObjectsOptions(BaseModel):
     conf: float = Field(default=0.25, ge=0.0, le=1.0)
     iou: float = Field(default=0.7, ge=0.0, le=1.0)
     max_det: int = Field(default=300, ge=1, le=10_000)
-    imgsz: int = Field(default=640, ge=32, le=4096)
+    imgsz: int = Field(default=DEFAULT_IMGSZ, ge=32, le=4096)
     classes: list[int | str] | None = None
     batch_size: int = Field(default=16, ge=1, le=1024)
 
@@ -299,11 +300,24 @@ class ObjectsAnalyzer(Analyzer[Image.Image]):
         for indices in by_shape.values():
             for start in range(0, len(indices), opts.batch_size):
                 chunk = indices[start : start + opts.batch_size]
-                pixels = np.stack([letterbox(inputs[i], geometries[i]) for i in chunk])
+                pixels = np.stack([self._letterboxed(inputs[i], geometries[i]) for i in chunk])
                 prediction = self._forward(torch.from_numpy(pixels).permute(0, 3, 1, 2), self.device or "cpu")
                 for row, index in enumerate(chunk):
                     outputs[index] = self._output(prediction[row], geometries[index], opts, allowed)
         return [outputs[index] for index in range(len(inputs))]
+
+    def prepare(self, item: Image.Image) -> tuple[Letterbox, np.ndarray]:
+        """The image letterboxed for the default input size (``imgsz`` 640), made on a decode thread; a batch that
+        asks for another size letterboxes its images again in ``run``."""
+        stride = self._stride()
+        geometry = Letterbox.fit(item.width, item.height, _stride_multiple(DEFAULT_IMGSZ, stride), stride)
+        return geometry, letterbox(item, geometry)
+
+    def _letterboxed(self, image: Image.Image, geometry: Letterbox) -> np.ndarray:
+        ready = self._prepared_value(image)
+        if ready is not None and ready[0] == geometry:
+            return ready[1]  # type: ignore[no-any-return]
+        return letterbox(image, geometry)
 
     def _stride(self) -> int:
         stride = getattr(self._model, "stride", None)

@@ -11,12 +11,13 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw, UnidentifiedImageError
 
+import gpu_worker.models.objects as objects_module
 from gpu_worker.contract import AnalyzerOutput, BatchManifest, ManifestItem, MediaKind
 from gpu_worker.decode import decode_image, decode_video_frames
 from gpu_worker.executor import InProcessExecutor
 from gpu_worker.models import analyzer_class
 from gpu_worker.models.base import InvalidOptionsError
-from gpu_worker.models.objects import ObjectsAnalyzer
+from gpu_worker.models.objects import Letterbox, ObjectsAnalyzer, letterbox
 from gpu_worker.settings import WorkerSettings
 from gpu_worker.store import CatalogError, ModelStore
 from tests.conftest import SHARED_MODELS
@@ -248,6 +249,31 @@ def test_executor_runs_objects_with_the_configured_model(tiny_yolo_dir: Path, tm
     output = result.items[0].outputs["objects"]
     assert output.model_id == "tiny-yolo"
     assert (output.payload["image_width"], output.payload["image_height"]) == (300, 200)
+
+
+def test_letterboxes_prepared_ahead_give_the_same_detections_and_another_imgsz_ignores_them(
+    tiny_yolo_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    analyzer = _tiny_analyzer(tmp_path, tiny_yolo_dir)
+    images = [_scene(960, 540, seed) for seed in range(3)]
+    options = {"conf": TINY_CONF}
+    expected = analyzer.run(images, options)
+    expected_320 = analyzer.run(images, {**options, "imgsz": 320})
+    prepared = {id(image): analyzer.prepare(image) for image in images}
+    assert all(box.input_shape == (384, 640) for box, _ in prepared.values())
+    letterboxed: list[tuple[int, int]] = []
+
+    def counting_letterbox(image: Image.Image, geometry: Letterbox) -> np.ndarray:
+        letterboxed.append(geometry.input_shape)
+        return letterbox(image, geometry)
+
+    monkeypatch.setattr(objects_module, "letterbox", counting_letterbox)
+    with analyzer.prepared_inputs(prepared):
+        assert analyzer.run(images, options) == expected
+        assert letterboxed == []
+        # The prepared letterboxes are for the default 640 px only: another size is made in run.
+        assert analyzer.run(images, {**options, "imgsz": 320}) == expected_320
+        assert letterboxed == [(192, 320)] * 3
 
 
 # Real weights on real photos (../shared): the facts in ../shared/models/README.md.
