@@ -51,6 +51,10 @@ def configure_torch(device: str, settings: WorkerSettings) -> DeviceInfo:
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
         torch.backends.cudnn.benchmark = True
+        if settings.cpu_threads:
+            # The decode threads also run torch's CPU ops (preparing inputs); fewer intra-op threads each can keep
+            # a many-core host from oversubscribing.
+            torch.set_num_threads(settings.cpu_threads)
         props = torch.cuda.get_device_properties(0)
         info = DeviceInfo(
             device=device,

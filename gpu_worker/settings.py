@@ -88,7 +88,7 @@ class WorkerSettings(BaseSettings):
     decode_chunk_items: int = 32
     # Threads that fetch and decode items (0: one per core on a GPU, at most 8 on the CPU).
     decode_workers: int = 0
-    # torch intra-op threads on the CPU (0: one per core).
+    # torch intra-op threads for CPU work (0: one per core). On a GPU only when set: torch's own default stays.
     cpu_threads: int = 0
     # Run one small input through each analyzer right after loading it (always on CUDA, where the first batch pays
     # for kernel selection and memory pools).
