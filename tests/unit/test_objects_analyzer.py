@@ -298,7 +298,7 @@ def person_detector(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Object
 
 
 def _decoded(path: Path) -> Image.Image:
-    # As the executor decodes: EXIF-transposed RGB, longest side at most 1024 px.
+    # As the executor decodes: EXIF-transposed RGB, longest side at most the decode size.
     settings = WorkerSettings()
     return decode_image(path, max_pixels=settings.max_image_pixels, max_side_px=settings.max_decode_side_px)
 
