@@ -48,6 +48,8 @@ LOAD_ERRORS: tuple[type[BaseException], ...] = (
 # A bare ``Analyzer`` (the executor's view, and subclasses that do not say) takes any input.
 InputT = TypeVar("InputT", default=Any)
 T = TypeVar("T")
+K = TypeVar("K")
+V = TypeVar("V")
 """What one analyzer input is: a PIL image for picture analyzers, an ``AudioClip`` for speech analyzers."""
 
 
@@ -179,14 +181,8 @@ class Analyzer(ABC, Generic[InputT]):
     def prepared_inputs(self, prepared: Mapping[int, Any]) -> Iterator[None]:
         """Within the block, an input whose ``id()`` is a key of ``prepared`` is taken as already prepared, with that
         value: what :meth:`prepare` returned for it."""
-        with self._prepared_lock:
-            self._prepared.update(prepared)
-        try:
+        with entries_for_block(self._prepared, self._prepared_lock, prepared):
             yield
-        finally:
-            with self._prepared_lock:
-                for key in prepared:
-                    self._prepared.pop(key, None)
 
     def _prepared_value(self, item: InputT) -> Any | None:
         """What the executor prepared ahead for ``item`` (:meth:`prepare`), or None."""
@@ -245,6 +241,19 @@ class Analyzer(ABC, Generic[InputT]):
     @abstractmethod
     def _run(self, inputs: Sequence[InputT], options: Mapping[str, Any]) -> list[AnalyzerOutput]:
         """Analyze a batch of inputs: RGB images, or audio clips when ``consumes`` is ``AnalyzerInput.AUDIO``."""
+
+
+@contextlib.contextmanager
+def entries_for_block(target: dict[K, V], lock: threading.Lock, entries: Mapping[K, V]) -> Iterator[None]:
+    """``entries`` added to ``target`` (under ``lock``) for the length of the block, and removed after it."""
+    with lock:
+        target.update(entries)
+    try:
+        yield
+    finally:
+        with lock:
+            for key in entries:
+                target.pop(key, None)
 
 
 def _mean_normalised(vectors: Sequence[Sequence[float]]) -> list[float]:

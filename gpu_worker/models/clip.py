@@ -27,7 +27,7 @@ from safetensors import SafetensorError
 
 from gpu_worker.contract import AnalyzerOutput, MediaKind, TagScore
 from gpu_worker.errors import WorkerError
-from gpu_worker.models.base import LOAD_ERRORS, Analyzer, InvalidOptionsError
+from gpu_worker.models.base import LOAD_ERRORS, Analyzer, InvalidOptionsError, entries_for_block
 from gpu_worker.models.nsfw import NsfwAnalyzer
 from gpu_worker.models.open_clip_loader import LoadedClip, load_open_clip
 from gpu_worker.settings import WorkerSettings
@@ -135,14 +135,8 @@ class ClipAnalyzer(Analyzer):
         """Within the block, an image whose ``id()`` is a key of ``scores`` takes that NSFW classifier score instead
         of running the classifier again: the batch's own ``nsfw`` analyzer, with the same model, already scored it.
         """
-        with self._cache_lock:
-            self._known_classifier_scores.update(scores)
-        try:
+        with entries_for_block(self._known_classifier_scores, self._cache_lock, scores):
             yield
-        finally:
-            with self._cache_lock:
-                for key in scores:
-                    self._known_classifier_scores.pop(key, None)
 
     def _classifier_scores(
         self, classifier: NsfwAnalyzer, images: Sequence[Image.Image], batch_size: int
