@@ -158,7 +158,7 @@ def instrument(clock: StageClock, executor: Any, active: dict[str, Any], device:
     import gpu_worker.models.faces as faces_module
     import gpu_worker.models.nsfw as nsfw_module
     import gpu_worker.models.objects as objects_module
-    from gpu_worker.models.faces import MtcnnNets, import_facenet
+    from gpu_worker.models.faces import MtcnnNets
 
     patches = Patches()
     patches.wrap(clock, executor, "_download_item", FETCH)
@@ -195,8 +195,7 @@ def instrument(clock: StageClock, executor: Any, active: dict[str, Any], device:
             patches.wrap(clock, analyzer, "_forward", "objects: resize and normalise (to float)")
             patches.set(analyzer, "_model", _Timed(clock, analyzer._model, f"objects: {FORWARD} (YOLO)"))
         elif name == "faces":
-            detect_module = import_facenet().models.utils.detect_face
-            patches.wrap(clock, detect_module, "detect_face", "faces: MTCNN pyramid, proposals and NMS")
+            patches.wrap(clock, faces_module, "detect_faces", "faces: MTCNN pyramid, candidate crops and NMS")
             patches.wrap(clock, faces_module, "_crop", "faces: resize and normalise (160 px crops)")
             patches.wrap(clock, analyzer, "_embed_tensors", "faces: resize and normalise (160 px crops)")
             nets = analyzer._detector

@@ -10,7 +10,27 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from torch.utils._python_dispatch import TorchDispatchMode
+
 SPEECH_SAMPLE_S = 7.625  # duration of ../shared/media/speech_en.wav
+
+
+class DispatchedOps(TorchDispatchMode):
+    """Counts the ATen operations dispatched while active (``with DispatchedOps() as ops: ...; ops.count``).
+
+    On a GPU each one is a kernel launch, so the count shows where per-call overhead rather than arithmetic bounds a
+    stage, and it can be taken on a CPU.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()  # type: ignore[no-untyped-call]
+        self.count = 0
+
+    def __torch_dispatch__(
+        self, func: Any, types: Any, args: tuple[Any, ...] = (), kwargs: dict[str, Any] | None = None
+    ) -> Any:
+        self.count += 1
+        return func(*args, **(kwargs or {}))
 
 
 def generate_corpus(folder: Path, count: int, width: int = 1920, height: int = 1080) -> list[Path]:

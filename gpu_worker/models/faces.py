@@ -32,6 +32,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from gpu_worker.contract import AnalyzerOutput, MediaKind, TagScore
 from gpu_worker.errors import ModelLoadError, ModelUnavailableError
 from gpu_worker.models.base import Analyzer, InvalidOptionsError
+from gpu_worker.models.mtcnn import detect_faces
 from gpu_worker.settings import WorkerSettings
 from gpu_worker.store import ModelEntry, ModelFamily, ModelState, ModelStore, PinState
 from gpu_worker.torch_compat import ensure_torchvision_ops
@@ -43,8 +44,9 @@ EMBEDDING_DIM = 512
 CROP_SIZE_PX = 160
 # MTCNN's image-pyramid scale step, as facenet-pytorch and the original paper use it.
 PYRAMID_FACTOR = 0.709
-# MTCNN batches only images of equal size. On a CPU a batch is no faster than one image after another (measured:
-# 8 frames of 512x288 took 0.60 s batched, 0.62 s one by one), so batches are used on CUDA only.
+# MTCNN batches only images of equal size. On a CPU a batch is no faster than one image after another
+# (bench/mtcnn.py: 16 video frames at 640x360, 60.1 ms per frame one by one and 60.5 ms in batches of 8), so batches
+# are used on CUDA only, where they cut the kernel launches per image.
 DETECT_BATCH_CUDA = 16
 # Keys of the classifier head that the published VGGFace2 state dict carries; embeddings do not use it.
 CLASSIFIER_PREFIX = "logits."
@@ -245,19 +247,16 @@ class FacesAnalyzer(Analyzer[Image.Image]):
         for indices in by_size.values():
             for start in range(0, len(indices), batch):
                 chunk = indices[start : start + batch]
-                with torch.inference_mode():
-                    boxes, points = import_facenet().models.utils.detect_face.detect_face(
-                        [images[i] for i in chunk],
-                        opts.min_face_size,
-                        detector.pnet,
-                        detector.rnet,
-                        detector.onet,
-                        list(opts.thresholds),
-                        PYRAMID_FACTOR,
-                        device,
-                    )
-                for index, image_boxes, image_points in zip(chunk, boxes, points, strict=True):
-                    results[index] = _select(image_boxes, image_points, opts)
+                found = detect_faces(
+                    [images[i] for i in chunk],
+                    detector,
+                    min_face_size=opts.min_face_size,
+                    thresholds=opts.thresholds,
+                    factor=PYRAMID_FACTOR,
+                    device=device,
+                )
+                for index, faces in zip(chunk, found, strict=True):
+                    results[index] = _select(faces.boxes, faces.points, opts)
         return results
 
     def embed(self, faces: Sequence[Image.Image], batch_size: int = 32) -> torch.Tensor:
