@@ -44,10 +44,10 @@ EMBEDDING_DIM = 512
 CROP_SIZE_PX = 160
 # MTCNN's image-pyramid scale step, as facenet-pytorch and the original paper use it.
 PYRAMID_FACTOR = 0.709
-# MTCNN batches only images of equal size. On a CPU a batch is no faster than one image after another
-# (bench/mtcnn.py: 16 video frames at 640x360, 60.1 ms per frame one by one and 60.5 ms in batches of 8), so batches
-# are used on CUDA only, where they cut the kernel launches per image.
-DETECT_BATCH_CUDA = 16
+# Images of one size per MTCNN pass. Batches cut the tensor operations per image (kernel launches on a GPU) about
+# sixfold and cost nothing on a CPU (bench/mtcnn.py: 16 video frames at 640x360, 55-59 ms per frame in batches of 8
+# against 60-66 ms one by one). A batch of 16 holds about 0.4 GB of pyramid and summed-area table at 960x540.
+DETECT_BATCH_IMAGES = 16
 # Keys of the classifier head that the published VGGFace2 state dict carries; embeddings do not use it.
 CLASSIFIER_PREFIX = "logits."
 SCORE_DIGITS = 6
@@ -237,7 +237,6 @@ class FacesAnalyzer(Analyzer[Image.Image]):
         detector, _ = self._models()
         device = self._torch_device()
         images = [_rgb(image) for image in images]
-        batch = DETECT_BATCH_CUDA if device.type == "cuda" else 1
         results = [_Detections([], 0.0) for _ in images]
         by_size: dict[tuple[int, int], list[int]] = {}
         for index, image in enumerate(images):
@@ -245,8 +244,8 @@ class FacesAnalyzer(Analyzer[Image.Image]):
             if min(image.size) >= opts.min_face_size:
                 by_size.setdefault(image.size, []).append(index)
         for indices in by_size.values():
-            for start in range(0, len(indices), batch):
-                chunk = indices[start : start + batch]
+            for start in range(0, len(indices), DETECT_BATCH_IMAGES):
+                chunk = indices[start : start + DETECT_BATCH_IMAGES]
                 found = detect_faces(
                     [images[i] for i in chunk],
                     detector,
