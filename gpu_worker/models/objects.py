@@ -51,6 +51,10 @@ DEFAULT_IMGSZ = 640
 # Tasks whose heads put xywh boxes and class scores first; classify and obb models have other outputs.
 DETECTING_TASKS = frozenset({"detect", "segment", "pose"})
 
+# One image's detections in CPU memory: boxes [n, 4] (letterboxed xyxy), scores [n], class ids [n], and the best
+# score any candidate had for a person class (what "people/none" is scored against).
+Detections = tuple[torch.Tensor, torch.Tensor, torch.Tensor, float]
+
 
 class ObjectsOptions(BaseModel):
     """Per-batch options of the objects analyzer."""
@@ -302,8 +306,8 @@ class ObjectsAnalyzer(Analyzer[Image.Image]):
                 chunk = indices[start : start + opts.batch_size]
                 pixels = np.stack([self._letterboxed(inputs[i], geometries[i]) for i in chunk])
                 prediction = self._forward(torch.from_numpy(pixels).permute(0, 3, 1, 2), self.device or "cpu")
-                for row, index in enumerate(chunk):
-                    outputs[index] = self._output(prediction[row], geometries[index], opts, allowed)
+                for index, found in zip(chunk, self._detections(prediction, opts, allowed), strict=True):
+                    outputs[index] = self._output(found, geometries[index], opts, allowed)
         return [outputs[index] for index in range(len(inputs))]
 
     def prepare(self, item: Image.Image) -> tuple[Letterbox, np.ndarray]:
@@ -323,15 +327,19 @@ class ObjectsAnalyzer(Analyzer[Image.Image]):
         stride = getattr(self._model, "stride", None)
         return int(stride.max()) if isinstance(stride, torch.Tensor) else 32
 
+    def _detections(self, prediction: torch.Tensor, opts: ObjectsOptions, allowed: frozenset[int]) -> list[Detections]:
+        """Each image's detections from a batch's raw predictions (``[B, ...]``), in CPU memory."""
+        people = self.classes.person_classes & allowed
+        if self._end2end:
+            return [_end2end_detections(row, opts, allowed, people) for row in prediction]
+        return self._nms_detections(prediction, opts, allowed, people)
+
     def _output(
-        self, prediction: torch.Tensor, geometry: Letterbox, opts: ObjectsOptions, allowed: frozenset[int]
+        self, found: Detections, geometry: Letterbox, opts: ObjectsOptions, allowed: frozenset[int]
     ) -> AnalyzerOutput:
         classes = self.classes
         people = classes.person_classes & allowed
-        if self._end2end:
-            boxes, scores, class_ids, best_person = _end2end_detections(prediction, opts, allowed, people)
-        else:
-            boxes, scores, class_ids, best_person = self._nms_detections(prediction, opts, allowed, people)
+        boxes, scores, class_ids, best_person = found
         normalised = normalised_boxes(boxes, geometry)
         detections: list[dict[str, Any]] = []
         best: dict[str, float] = {}
@@ -370,28 +378,50 @@ class ObjectsAnalyzer(Analyzer[Image.Image]):
 
     def _nms_detections(
         self, prediction: torch.Tensor, opts: ObjectsOptions, allowed: frozenset[int], people: frozenset[int]
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, float]:
-        """Boxes (letterboxed xyxy), scores and class ids after NMS from a ``[4 + nc + extra, anchors]`` prediction."""
+    ) -> list[Detections]:
+        """Per image: boxes (letterboxed xyxy), scores and class ids after NMS, from ``[B, 4 + nc + extra, anchors]``.
+
+        Scoring, thresholds and the copy back to the CPU run once for the batch; NMS and its ordering run per image on
+        that image's candidates alone, so an image's detections do not depend on its batch-mates.
+        """
         import torchvision
 
         classes = self.classes
-        candidates = prediction.T  # [anchors, 4 + nc + extra]
-        class_scores = candidates[:, 4 : 4 + len(classes.labels)]
-        best_person = float(class_scores[:, sorted(people)].max()) if people and len(class_scores) else 0.0
-        scores, class_ids = class_scores.max(dim=1)
+        candidates = prediction.transpose(1, 2)  # [B, anchors, 4 + nc + extra]
+        class_scores = candidates[..., 4 : 4 + len(classes.labels)]
+        best_person = torch.zeros(len(prediction), device=prediction.device)
+        if people and class_scores.shape[1]:
+            best_person = class_scores[..., sorted(people)].amax(dim=(1, 2))
+        scores, class_ids = class_scores.max(dim=2)
         keep = scores > opts.conf
         if len(allowed) < len(classes.labels):
             keep &= torch.isin(class_ids, torch.tensor(sorted(allowed), device=class_ids.device))
-        index = keep.nonzero().flatten()
-        if len(index) > MAX_NMS_CANDIDATES:
-            index = index[scores[index].argsort(descending=True)[:MAX_NMS_CANDIDATES]]
-        boxes = _xywh_to_xyxy(candidates[index, :4])
-        scores, class_ids = scores[index], class_ids[index]
+        image, anchor = keep.nonzero(as_tuple=True)  # by image, then by anchor
+        boxes = _xywh_to_xyxy(candidates[image, anchor, :4])
+        scores, class_ids = scores[image, anchor], class_ids[image, anchor]
         groups = _label_groups(classes, class_ids)
-        kept = torchvision.ops.batched_nms(boxes, scores, groups, opts.iou).sort().values
-        # batched_nms orders equal scores arbitrarily on large inputs; anchor order breaks ties reproducibly.
-        kept = kept[scores[kept].sort(descending=True, stable=True).indices][: opts.max_det]
-        return boxes[kept].cpu(), scores[kept].cpu(), class_ids[kept].cpu(), best_person
+        kept_per_image = []
+        start = 0
+        for count in torch.bincount(image, minlength=len(prediction)).tolist():
+            rows: slice | torch.Tensor = slice(start, start + count)
+            if count > MAX_NMS_CANDIDATES:
+                rows = start + scores[rows].argsort(descending=True)[:MAX_NMS_CANDIDATES]
+            own_scores = scores[rows]
+            kept = torchvision.ops.batched_nms(boxes[rows], own_scores, groups[rows], opts.iou).sort().values
+            # batched_nms orders equal scores arbitrarily on large inputs; candidate order breaks ties reproducibly.
+            kept = kept[own_scores[kept].sort(descending=True, stable=True).indices][: opts.max_det]
+            kept_per_image.append(rows[kept] if isinstance(rows, torch.Tensor) else kept + start)
+            start += count
+        kept = torch.cat(kept_per_image)
+        sizes = [len(k) for k in kept_per_image]
+        per_image = zip(
+            torch.split(boxes[kept].cpu(), sizes),
+            torch.split(scores[kept].cpu(), sizes),
+            torch.split(class_ids[kept].cpu(), sizes),
+            best_person.tolist(),
+            strict=True,
+        )
+        return [(b, s, c, float(p)) for b, s, c, p in per_image]
 
     def aggregate(self, frames: Sequence[tuple[float | None, AnalyzerOutput]]) -> AnalyzerOutput:
         """One output per video: highest score per label, the most people in any frame, every frame's detections."""

@@ -129,23 +129,21 @@ def test_tiny_yolo_is_downloaded_verified_and_detects_on_a_batch(tiny_yolo_dir: 
     assert alone.payload["detections"] == outputs[2].payload["detections"]
 
 
-def test_detections_match_ultralytics_own_predictor(tiny_yolo_dir: Path, tmp_path: Path) -> None:
+def _ultralytics_detections(weights: Path, image: Image.Image, **options: Any) -> list[dict[str, Any]]:
     from ultralytics import YOLO
 
-    analyzer = _tiny_analyzer(tmp_path, tiny_yolo_dir)
-    image = _scene(480, 270, 4)
-    ours = analyzer.run([image], {"conf": TINY_CONF, "iou": 0.5, "imgsz": TINY_IMGSZ})[0].payload["detections"]
-
-    reference = YOLO(str(tiny_yolo_dir / "tiny-yolov8n.pt"))
     # ultralytics takes BGR arrays and PIL images; it is given the same RGB pixels as a PIL image.
-    result = reference.predict(image, conf=TINY_CONF, iou=0.5, imgsz=TINY_IMGSZ, max_det=300, verbose=False)[0]
-    theirs = [
+    result = YOLO(str(weights)).predict(image, max_det=300, verbose=False, **options)[0]
+    return [
         {"class_id": int(c), "score": float(s), "box": b}
         for c, s, b in zip(
             result.boxes.cls.tolist(), result.boxes.conf.tolist(), result.boxes.xyxyn.tolist(), strict=True
         )
     ]
-    assert len(ours) == len(theirs) > 0
+
+
+def _assert_same_detections(ours: list[dict[str, Any]], theirs: list[dict[str, Any]]) -> None:
+    assert len(ours) == len(theirs)
 
     def order(detection: dict[str, Any]) -> tuple[float, list[float]]:
         # Random weights tie many scores, and the two order ties differently.
@@ -155,6 +153,45 @@ def test_detections_match_ultralytics_own_predictor(tiny_yolo_dir: Path, tmp_pat
         assert mine["class_id"] == reference_detection["class_id"]
         assert mine["score"] == pytest.approx(reference_detection["score"], abs=1e-5)
         assert mine["box"] == pytest.approx(reference_detection["box"], abs=1e-4)
+
+
+def test_detections_match_ultralytics_own_predictor(tiny_yolo_dir: Path, tmp_path: Path) -> None:
+    analyzer = _tiny_analyzer(tmp_path, tiny_yolo_dir)
+    image = _scene(480, 270, 4)
+    ours = analyzer.run([image], {"conf": TINY_CONF, "iou": 0.5, "imgsz": TINY_IMGSZ})[0].payload["detections"]
+    theirs = _ultralytics_detections(
+        tiny_yolo_dir / "tiny-yolov8n.pt", image, conf=TINY_CONF, iou=0.5, imgsz=TINY_IMGSZ
+    )
+    assert len(theirs) > 0
+    _assert_same_detections(ours, theirs)
+
+
+def test_each_image_of_a_batch_gets_what_ultralytics_gives_it_alone(tiny_yolo_dir: Path, tmp_path: Path) -> None:
+    analyzer = _tiny_analyzer(tmp_path, tiny_yolo_dir)
+    # One shape, so the four share a forward pass and its post-processing.
+    images = [_scene(480, 270, seed) for seed in (4, 5, 6)] + [Image.new("RGB", (480, 270), (128, 128, 128))]
+    options = {"conf": 0.004, "iou": 0.5, "imgsz": TINY_IMGSZ}
+    outputs = analyzer.run(images, options)
+    counts = []
+    for image, output in zip(images, outputs, strict=True):
+        theirs = _ultralytics_detections(tiny_yolo_dir / "tiny-yolov8n.pt", image, **options)
+        _assert_same_detections(output.payload["detections"], theirs)
+        counts.append(len(theirs))
+    assert max(counts) > 0
+
+
+def test_the_candidate_cap_and_a_class_filter_apply_to_each_image_of_a_batch_alone(
+    tiny_yolo_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    analyzer = _tiny_analyzer(tmp_path, tiny_yolo_dir)
+    monkeypatch.setattr(objects_module, "MAX_NMS_CANDIDATES", 7)
+    images = [_scene(480, 270, seed) for seed in range(4)]
+    options = {"conf": TINY_CONF, "imgsz": TINY_IMGSZ, "classes": ["person", "car"]}
+    batched = analyzer.run(images, options)
+    assert batched == [analyzer.run([image], options)[0] for image in images]
+    for output in batched:
+        assert 0 < len(output.payload["detections"]) <= 7
+        assert {d["label"] for d in output.payload["detections"]} <= {"person", "car"}
 
 
 def test_nms_free_head_gives_well_formed_detections(tmp_path: Path) -> None:
@@ -318,6 +355,27 @@ def test_person_detector_counts_the_people_in_the_shared_photos(
         assert_well_formed(output, image, 0.5, {"person"})
         assert {d["class_name"] for d in output.payload["detections"]} <= {"Normal", "Fall"}
     assert [t.tag for t in outputs[0].tags if t.tag.startswith("objects/")] == ["objects/person"]
+
+
+def test_person_detector_on_a_batch_of_video_frames_matches_ultralytics_frame_by_frame(
+    person_detector: ObjectsAnalyzer, shared_media: Path, shared_models: Path
+) -> None:
+    settings = WorkerSettings()
+    frames = decode_video_frames(
+        shared_media / "talking_zidane_bus.mp4",
+        count=6,
+        max_pixels=settings.max_image_pixels,
+        max_side_px=settings.max_decode_side_px,
+    )
+    images = [frame.image for frame in frames]
+    outputs = person_detector.run(images, {"conf": 0.5})
+    counts = []
+    for image, output in zip(images, outputs, strict=True):
+        theirs = _ultralytics_detections(PERSON_DETECTOR_DIR / PERSON_DETECTOR_FILE, image, conf=0.5, iou=0.7)
+        _assert_same_detections(output.payload["detections"], theirs)
+        counts.append(output.payload["person_count"])
+    # Zidane's two men in the first half, the bus's four people in the second.
+    assert counts[0] == 2 and counts[-1] == 4
 
 
 def _write_video(path: Path, frames: list[Image.Image], fps: int) -> None:
