@@ -196,8 +196,8 @@ def instrument(clock: StageClock, executor: Any, active: dict[str, Any], device:
             patches.set(analyzer, "_model", _Timed(clock, analyzer._model, f"objects: {FORWARD} (YOLO)"))
         elif name == "faces":
             patches.wrap(clock, faces_module, "detect_faces", "faces: MTCNN pyramid, candidate crops and NMS")
-            patches.wrap(clock, faces_module, "_crop", "faces: resize and normalise (160 px crops)")
-            patches.wrap(clock, analyzer, "_embed_tensors", "faces: resize and normalise (160 px crops)")
+            patches.wrap(clock, faces_module, "face_pixels", "faces: resize and normalise (160 px crops)")
+            patches.wrap(clock, analyzer, "_embed_pixels", "faces: resize and normalise (160 px crops)")
             nets = analyzer._detector
             stage = f"faces: {FORWARD} (MTCNN P/R/O-nets)"
             timed = [_Timed(clock, net, stage) for net in (nets.pnet, nets.rnet, nets.onet)]

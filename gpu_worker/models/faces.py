@@ -18,7 +18,9 @@ each x, y), all normalised to [0, 1] of the analyzed image, ``probability``, ``s
 from __future__ import annotations
 
 import importlib
+import os
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
@@ -42,6 +44,11 @@ EMBEDDER_FORMAT = "facenet_inception_resnet_v1"
 DETECTOR_FILES = ("pnet.pt", "rnet.pt", "onet.pt")
 EMBEDDING_DIM = 512
 CROP_SIZE_PX = 160
+# The embedder's input standardisation: (v - 127.5) / 128 for pixel values 0-255.
+PIXEL_CENTRE = 127.5
+PIXEL_SCALE = 128.0
+# Threads that cut and resize face crops for the embedder, at most.
+CROP_THREADS_MAX = 8
 # MTCNN's image-pyramid scale step, as facenet-pytorch and the original paper use it.
 PYRAMID_FACTOR = 0.709
 # Images of one size per MTCNN pass. Batches cut the tensor operations per image (kernel launches on a GPU) about
@@ -153,6 +160,10 @@ class FacesAnalyzer(Analyzer[Image.Image]):
         self.detector_id = store.settings.face_detector_model
         self._detector: MtcnnNets | None = None
         self._embedder: torch.nn.Module | None = None
+        # Threads start on first use and wait idle between batches.
+        self._crop_pool = ThreadPoolExecutor(
+            max_workers=min(CROP_THREADS_MAX, os.cpu_count() or 1), thread_name_prefix="gpuw-face-crop"
+        )
 
     @classmethod
     def default_model(cls, settings: WorkerSettings) -> str:
@@ -260,9 +271,16 @@ class FacesAnalyzer(Analyzer[Image.Image]):
 
     def embed(self, faces: Sequence[Image.Image], batch_size: int = 32) -> torch.Tensor:
         """L2-normalised 512-d embeddings of face crops (any size; resized to 160 px), float32 on the CPU."""
-        return self._embed_tensors([_crop(face, (0, 0, *face.size)) for face in faces], batch_size)
+        return self._embed_pixels(self._face_pixels([(_rgb(face), (0, 0, *face.size)) for face in faces]), batch_size)
 
-    def _embed_tensors(self, crops: Sequence[torch.Tensor], batch_size: int) -> torch.Tensor:
+    def _face_pixels(self, boxes: Sequence[tuple[Image.Image, Sequence[float]]]) -> list[np.ndarray]:
+        """Each box of its image cut out and resized for the embedder, on the crop threads (Pillow lets go of the
+        GIL while it resizes, so crops made for one batch run side by side)."""
+        if len(boxes) < 2:
+            return [face_pixels(image, box) for image, box in boxes]
+        return list(self._crop_pool.map(lambda item: face_pixels(*item), boxes))
+
+    def _embed_pixels(self, crops: Sequence[np.ndarray], batch_size: int) -> torch.Tensor:
         _, embedder = self._models()
         device = self._torch_device()
         if not crops:
@@ -273,7 +291,9 @@ class FacesAnalyzer(Analyzer[Image.Image]):
             torch.autocast(device_type=device.type, dtype=torch.float16, enabled=device.type == "cuda"),
         ):
             for start in range(0, len(crops), batch_size):
-                pixels = torch.stack(list(crops[start : start + batch_size])).to(device, non_blocking=True)
+                # uint8 to the device (a quarter of the bytes of float32), standardised there in one pass.
+                pixels = torch.from_numpy(np.stack(crops[start : start + batch_size])).to(device, non_blocking=True)
+                pixels = (pixels.permute(0, 3, 1, 2).contiguous().float() - PIXEL_CENTRE) / PIXEL_SCALE
                 features = embedder(pixels)
                 chunks.append(torch.nn.functional.normalize(features.float(), dim=-1).cpu())
         return torch.cat(chunks)
@@ -285,12 +305,10 @@ class FacesAnalyzer(Analyzer[Image.Image]):
         embeddings: list[list[list[float]]] = [[] for _ in images]
         if opts.embeddings:
             # Every face of the batch goes through the embedder together, in micro-batches of batch_size.
-            owners, crops = [], []
-            for index, found in enumerate(detections):
-                for face in found.faces:
-                    owners.append(index)
-                    crops.append(_crop(images[index], face.box))
-            for owner, vector in zip(owners, self._embed_tensors(crops, opts.batch_size).tolist(), strict=True):
+            owners = [index for index, found in enumerate(detections) for _ in found.faces]
+            boxes = [(images[index], face.box) for index, found in enumerate(detections) for face in found.faces]
+            vectors = self._embed_pixels(self._face_pixels(boxes), opts.batch_size).tolist()
+            for owner, vector in zip(owners, vectors, strict=True):
                 embeddings[owner].append(vector)
         return [
             self._output(image, found, embeddings[index], opts)
@@ -381,11 +399,14 @@ def _rgb(image: Image.Image) -> Image.Image:
     return image if image.mode == "RGB" else image.convert("RGB")
 
 
-def _crop(image: Image.Image, box: Sequence[float]) -> torch.Tensor:
-    """A face as the embedder expects it: the box cut out, resized to 160 px square, standardised to about [-1, 1]."""
-    facenet = import_facenet()
-    crop: torch.Tensor = facenet.fixed_image_standardization(facenet.extract_face(_rgb(image), box, CROP_SIZE_PX))
-    return crop
+def face_pixels(image: Image.Image, box: Sequence[float]) -> np.ndarray:
+    """The ``[160, 160, 3]`` uint8 embedder input for a face: the box, truncated to whole pixels and kept inside the
+    image, resized bilinearly (facenet-pytorch's ``extract_face`` without margin, which its embedder expects)."""
+    width, height = image.size
+    left, top = int(max(box[0], 0)), int(max(box[1], 0))
+    right, bottom = int(min(box[2], width)), int(min(box[3], height))
+    face = image.crop((left, top, right, bottom)).resize((CROP_SIZE_PX, CROP_SIZE_PX), Image.Resampling.BILINEAR)
+    return np.asarray(face, dtype=np.uint8)
 
 
 def _norm(value: float, extent: int) -> float:

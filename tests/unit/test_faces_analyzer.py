@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import torch
 from PIL import Image, ImageDraw
 
 from gpu_worker.contract import AnalyzerOutput, BatchManifest, ManifestItem, MediaKind
@@ -248,6 +249,20 @@ def test_embeddings_are_512d_l2_normalised_and_deterministic_for_the_same_crop(a
         assert norm(row) == pytest.approx(1.0, abs=1e-5)
     assert alone[0].tolist() == pytest.approx(first[0].tolist(), abs=1e-5)
     assert float(first[0] @ first[1]) < 0.95
+
+
+@pytest.mark.parametrize(
+    "box",
+    [(10.7, 20.2, 90.9, 110.5), (-5.0, -3.5, 60.0, 70.0), (250.3, 180.0, 420.0, 330.0), (0, 0, 400, 300)],
+)
+def test_face_crops_are_the_pixels_facenet_pytorch_extracts(box: tuple[float, float, float, float]) -> None:
+    from gpu_worker.models.faces import face_pixels, import_facenet
+
+    facenet = import_facenet()
+    image = noise_crop(7, size=300).resize((400, 300))
+    theirs = facenet.fixed_image_standardization(facenet.extract_face(image, box, 160))
+    pixels = torch.from_numpy(face_pixels(image, box).copy()).permute(2, 0, 1).float()
+    assert torch.equal((pixels - 127.5) / 128.0, theirs)
 
 
 def test_greyscale_picture_without_faces_is_tagged_faces_none(analyzer: FacesAnalyzer) -> None:
