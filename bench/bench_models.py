@@ -86,6 +86,14 @@ def build_bench_catalog(work: Path) -> tuple[Path, dict[str, str]]:
         names = ["model.bin", "config.json", "tokenizer.json", "vocabulary.txt"]
         entries.append(_entry("bench-whisper-tiny-en", "transcribe", "ctranslate2_whisper", whisper, names))
         env["GPUW_TRANSCRIBE_MODEL"] = "bench-whisper-tiny-en"
+    person_detector = SHARED_MODELS / "person-detector-yolov8"
+    if (person_detector / "person_states_yolov8s.pt").exists():
+        # Not the default objects model (that is the yolo11n architecture above); bench/half_precision.py picks it
+        # for its real weights. Its two classes, a person standing and fallen, are both people.
+        files = ["person_states_yolov8s.pt"]
+        entry = _entry("bench-person-detector", "objects", "ultralytics", person_detector, files)
+        people = '[model.options]\nlabels = { "0" = "person", "1" = "person" }\nperson_classes = [0, 1]\n'
+        entries.append(entry + people)
     nsfw = SHARED_MODELS / "open-nsfw"
     if nsfw.is_dir():
         entries.append(_entry("bench-open-nsfw", "nsfw", "onnx", nsfw, ["open-nsfw.onnx"]))

@@ -32,6 +32,26 @@ class DeviceChoice(StrEnum):
     CUDA = "cuda"
 
 
+class Precision(StrEnum):
+    """Arithmetic of the image models' forward passes (CLIP's image and text towers, FaceNet, YOLO).
+
+    ``auto`` is half precision (float16) on CUDA and float32 on the CPU; ``full`` keeps float32 everywhere (for a
+    card or driver whose float16 results look wrong); ``half`` uses float16 on the CPU too, which is slow there and
+    exists to check half-precision results against float32 on a machine without a GPU.
+    """
+
+    AUTO = "auto"
+    FULL = "full"
+    HALF = "half"
+
+
+def uses_half_precision(precision: Precision, device: str) -> bool:
+    """Whether the image models compute in float16 on ``device`` ("cuda", "cuda:1", "cpu") under ``precision``."""
+    if precision is Precision.AUTO:
+        return device.split(":")[0] == "cuda"
+    return precision is Precision.HALF
+
+
 def default_models_dir() -> Path:
     """The per-user model cache: ``~/.cache/ai-media-analysis/models``."""
     return Path.home() / ".cache" / "ai-media-analysis" / "models"
@@ -62,6 +82,7 @@ class WorkerSettings(BaseSettings):
     face_detector_model: str = DEFAULT_FACE_DETECTOR_MODEL
     objects_model: str = DEFAULT_OBJECTS_MODEL
     device: DeviceChoice = DeviceChoice.AUTO
+    precision: Precision = Precision.AUTO
     # "json": one JSON object per log line with the batch id (the worker image sets it); "text" for a terminal.
     log_format: str = "text"
 

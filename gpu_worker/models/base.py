@@ -28,7 +28,7 @@ from typing_extensions import TypeVar
 
 from gpu_worker.contract import AnalyzerOutput, MediaKind, TagScore
 from gpu_worker.errors import ModelLoadError, ModelUnavailableError, WorkerError
-from gpu_worker.settings import WorkerSettings
+from gpu_worker.settings import WorkerSettings, uses_half_precision
 from gpu_worker.store import ModelEntry, ModelFamily, ModelState, ModelStore, PinState
 
 log = logging.getLogger(__name__)
@@ -99,6 +99,10 @@ class Analyzer(ABC, Generic[InputT]):
     @abstractmethod
     def default_model(cls, settings: WorkerSettings) -> str:
         """The model id used when a batch's options name none."""
+
+    def half_precision(self, device: str | None = None) -> bool:
+        """Whether this analyzer's model computes in float16 on ``device`` (default: the one it is loaded on)."""
+        return uses_half_precision(self.store.settings.precision, device or self.device or "cpu")
 
     @property
     def loaded(self) -> bool:

@@ -172,8 +172,7 @@ class ClipAnalyzer(Analyzer):
     # encoding
 
     def _autocast(self) -> torch.autocast:
-        device = self._loaded_device()
-        return torch.autocast(device_type=device, dtype=torch.float16, enabled=device == "cuda")
+        return torch.autocast(device_type=self._loaded_device(), dtype=torch.float16, enabled=self.half_precision())
 
     def _loaded_device(self) -> str:
         return torch.device(self.device or "cpu").type

@@ -288,7 +288,7 @@ class FacesAnalyzer(Analyzer[Image.Image]):
         chunks = []
         with (
             torch.inference_mode(),
-            torch.autocast(device_type=device.type, dtype=torch.float16, enabled=device.type == "cuda"),
+            torch.autocast(device_type=device.type, dtype=torch.float16, enabled=self.half_precision()),
         ):
             for start in range(0, len(crops), batch_size):
                 # uint8 to the device (a quarter of the bytes of float32), standardised there in one pass.

@@ -261,9 +261,8 @@ class ObjectsAnalyzer(Analyzer[Image.Image]):
         names = model.names if isinstance(model.names, dict) else dict(enumerate(model.names))
         classes = ClassMap.build(entry, {int(k): str(v) for k, v in names.items()})
         model.requires_grad_(False)
-        on_cuda = torch.device(device).type == "cuda"
-        # Detection scores survive fp16 on a GPU; a CPU computes in fp32.
-        self._dtype = torch.float16 if on_cuda else torch.float32
+        # Detection scores survive float16 (bench/half_precision.py); a CPU computes in float32 unless told otherwise.
+        self._dtype = torch.float16 if self.half_precision(device) else torch.float32
         self._memory_format = torch.channels_last if _channels_last_helps(device) else torch.contiguous_format
         self._model = model.to(dtype=self._dtype, memory_format=self._memory_format)
         self._classes = classes
