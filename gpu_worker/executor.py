@@ -60,6 +60,8 @@ RUN_ERRORS: tuple[type[BaseException], ...] = (RuntimeError, ValueError, OSError
 
 OUT_OF_MEMORY = "out_of_memory"
 MAX_DECODE_WORKERS = 8
+# Where a frame keeps the input prepared for CLIP's own NSFW classifier, beside the analyzers' names.
+CLIP_CLASSIFIER_KEY = "clip/nsfw-classifier"
 
 
 def decode_worker_count(configured: int, cores: int, device: str) -> int:
@@ -277,7 +279,7 @@ class InProcessExecutor:
                     tmp,
                     decode_frames=bool(see),
                     client=client,
-                    analyzers={name: active[name] for name in see},
+                    analyzers=_preparers(active, see),
                 )
         return futures
 
@@ -355,6 +357,7 @@ class InProcessExecutor:
             with (
                 _reusing_classifier_scores(analyzer, pictures.get("nsfw"), classifier_scores),
                 analyzer.prepared_inputs(ready),
+                _classifier_inputs(analyzer, [frame for _, frame in work]),
             ):
                 outputs = self._run_analyzer(analyzer, manifest.options.get(name, {}), images)
             if name == "nsfw":
@@ -497,6 +500,33 @@ def _prepare_frames(frames: Sequence[Frame], analyzers: Mapping[str, Analyzer]) 
                 continue
             if value is not None:
                 frame.prepared[name] = value
+
+
+def _clip_classifier(analyzer: Analyzer | None) -> Analyzer | None:
+    """CLIP's own NSFW classifier, when ``analyzer`` is CLIP and has one loaded."""
+    from gpu_worker.models.clip import ClipAnalyzer
+
+    return analyzer.nsfw_classifier if isinstance(analyzer, ClipAnalyzer) else None
+
+
+def _preparers(active: Mapping[str, Analyzer], names: Sequence[str]) -> dict[str, Analyzer]:
+    """Whose inputs the decode threads prepare for an item: the analyzers ``names`` that see it and, when CLIP will
+    run its NSFW classifier itself (no nsfw analyzer of the same model in the batch), that classifier too."""
+    chosen = {name: active[name] for name in names}
+    classifier = _clip_classifier(chosen.get("clip"))
+    nsfw = chosen.get("nsfw")
+    if classifier is not None and (nsfw is None or nsfw.model_id != classifier.model_id):
+        chosen[CLIP_CLASSIFIER_KEY] = classifier
+    return chosen
+
+
+def _classifier_inputs(analyzer: Analyzer, frames: Sequence[Frame]) -> contextlib.AbstractContextManager[None]:
+    """For CLIP, its classifier's inputs prepared ahead for ``frames`` (see ``_preparers``); otherwise nothing."""
+    classifier = _clip_classifier(analyzer)
+    ready = {id(f.image): f.prepared[CLIP_CLASSIFIER_KEY] for f in frames if CLIP_CLASSIFIER_KEY in f.prepared}
+    if classifier is None or not ready:
+        return contextlib.nullcontext()
+    return classifier.prepared_inputs(ready)
 
 
 def _reusing_classifier_scores(

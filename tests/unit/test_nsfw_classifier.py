@@ -5,6 +5,7 @@ The real model comes from ../shared/models through the model store; the tests th
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+import gpu_worker.models.nsfw as nsfw_module
 from gpu_worker.contract import BatchManifest, ItemResult, ManifestItem, MediaKind
 from gpu_worker.decode import decode_image
 from gpu_worker.executor import InProcessExecutor
@@ -173,6 +175,38 @@ def test_with_clip_and_nsfw_together_the_classifier_runs_once_per_image(
             alone[name].outputs["clip"].payload["nsfw_classifier_score"]
             == results[name].outputs["nsfw"].payload["nsfw_score"]
         )
+
+
+def test_clip_alone_has_its_classifier_inputs_prepared_on_the_decode_threads(
+    executor: InProcessExecutor, photos: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    clip = executor.analyzer("clip")
+    assert isinstance(clip, ClipAnalyzer) and clip.nsfw_classifier is not None
+    threads: list[str] = []
+    preprocess = nsfw_module.preprocess
+
+    def recorded(image: Image.Image) -> Any:
+        threads.append(threading.current_thread().name)
+        return preprocess(image)
+
+    monkeypatch.setattr(nsfw_module, "preprocess", recorded)
+
+    alone = run(executor, photos, MediaKind.IMAGE, clip=SHAPES)
+
+    assert len(threads) == len(PHOTOS)
+    assert all(name.startswith("gpuw-decode") for name in threads), threads
+    settings = executor.settings
+    images = [
+        decode_image(path, max_pixels=settings.max_image_pixels, max_side_px=settings.max_decode_side_px)
+        for path in photos.values()
+    ]
+    direct = clip.nsfw_classifier.scores(images)
+    scores = [alone[name].outputs["clip"].payload["nsfw_classifier_score"] for name in photos]
+    assert scores == [round(score, 6) for score in direct]
+    # With the nsfw analyzer in the batch, CLIP takes its scores and nothing is prepared twice.
+    threads.clear()
+    run(executor, photos, MediaKind.IMAGE, clip=SHAPES, nsfw={})
+    assert len(threads) == len(PHOTOS)
 
 
 def test_a_video_gets_its_highest_frame_score(executor: InProcessExecutor, tmp_path: Path) -> None:
