@@ -51,10 +51,10 @@ PIXEL_SCALE = 128.0
 CROP_THREADS_MAX = 8
 # MTCNN's image-pyramid scale step, as facenet-pytorch and the original paper use it.
 PYRAMID_FACTOR = 0.709
-# Images of one size per MTCNN pass. Batches cut the tensor operations per image (kernel launches on a GPU) about
-# sixfold and cost nothing on a CPU (bench/mtcnn.py: 16 video frames at 640x360, 55-59 ms per frame in batches of 8
-# against 60-66 ms one by one). A batch of 16 holds about 0.4 GB of pyramid and summed-area table at 960x540.
-DETECT_BATCH_IMAGES = 16
+# Images of one size per MTCNN pass, by device type. On CUDA a batch cuts the tensor operations (kernel launches) per
+# image about sixfold (bench/mtcnn.py). On a CPU a batch of 960x540 pictures is slower than one after another (45.5
+# against 36.0 ms per image for 8 generated 1080p JPEGs: the pyramid of several pictures no longer stays in cache).
+DETECT_BATCH_IMAGES = {"cuda": 16, "cpu": 1}
 # Keys of the classifier head that the published VGGFace2 state dict carries; embeddings do not use it.
 CLASSIFIER_PREFIX = "logits."
 SCORE_DIGITS = 6
@@ -254,9 +254,10 @@ class FacesAnalyzer(Analyzer[Image.Image]):
             # An image whose shorter side is below the minimum face size cannot hold one (and has no pyramid).
             if min(image.size) >= opts.min_face_size:
                 by_size.setdefault(image.size, []).append(index)
+        batch = DETECT_BATCH_IMAGES.get(device.type, 1)
         for indices in by_size.values():
-            for start in range(0, len(indices), DETECT_BATCH_IMAGES):
-                chunk = indices[start : start + DETECT_BATCH_IMAGES]
+            for start in range(0, len(indices), batch):
+                chunk = indices[start : start + batch]
                 found = detect_faces(
                     [images[i] for i in chunk],
                     detector,

@@ -13,7 +13,7 @@ from PIL import Image, ImageDraw, UnidentifiedImageError
 
 import gpu_worker.models.objects as objects_module
 from gpu_worker.contract import AnalyzerOutput, BatchManifest, ManifestItem, MediaKind
-from gpu_worker.decode import decode_image, decode_video_frames
+from gpu_worker.decode import Frame, decode_image, decode_video_frames
 from gpu_worker.executor import InProcessExecutor
 from gpu_worker.models import analyzer_class
 from gpu_worker.models.base import InvalidOptionsError
@@ -340,6 +340,17 @@ def _decoded(path: Path) -> Image.Image:
     return decode_image(path, max_pixels=settings.max_image_pixels, max_side_px=settings.max_decode_side_px)
 
 
+def _shared_video_frames(shared_media: Path, count: int) -> list[Frame]:
+    # As the executor decodes a video: frames spread over its length, longest side at most the decode size.
+    settings = WorkerSettings()
+    return decode_video_frames(
+        shared_media / "talking_zidane_bus.mp4",
+        count=count,
+        max_pixels=settings.max_image_pixels,
+        max_side_px=settings.max_decode_side_px,
+    )
+
+
 def test_person_detector_counts_the_people_in_the_shared_photos(
     person_detector: ObjectsAnalyzer, shared_media: Path, shared_models: Path
 ) -> None:
@@ -360,14 +371,7 @@ def test_person_detector_counts_the_people_in_the_shared_photos(
 def test_person_detector_on_a_batch_of_video_frames_matches_ultralytics_frame_by_frame(
     person_detector: ObjectsAnalyzer, shared_media: Path, shared_models: Path
 ) -> None:
-    settings = WorkerSettings()
-    frames = decode_video_frames(
-        shared_media / "talking_zidane_bus.mp4",
-        count=6,
-        max_pixels=settings.max_image_pixels,
-        max_side_px=settings.max_decode_side_px,
-    )
-    images = [frame.image for frame in frames]
+    images = [frame.image for frame in _shared_video_frames(shared_media, 6)]
     outputs = person_detector.run(images, {"conf": 0.5})
     counts = []
     for image, output in zip(images, outputs, strict=True):
@@ -428,13 +432,7 @@ def test_person_detector_on_video_reports_the_most_people_in_any_frame(
 def test_person_detector_finds_the_people_in_the_shared_video(
     person_detector: ObjectsAnalyzer, shared_media: Path, shared_models: Path
 ) -> None:
-    settings = WorkerSettings()
-    frames = decode_video_frames(
-        shared_media / "talking_zidane_bus.mp4",
-        count=settings.video_frames,
-        max_pixels=settings.max_image_pixels,
-        max_side_px=settings.max_decode_side_px,
-    )
+    frames = _shared_video_frames(shared_media, WorkerSettings().video_frames)
     outputs = person_detector.run([frame.image for frame in frames], {"conf": 0.5})
     counts = [
         (frame.timestamp_s, output.payload["person_count"]) for frame, output in zip(frames, outputs, strict=True)
