@@ -137,23 +137,30 @@ def test_workers_killed_with_sigkill_at_random_moments_mid_batch_lose_and_duplic
             time.sleep(0.05)
 
     for round_no, target in enumerate(plan, start=1):
-        await_claim(f"a live worker to claim a batch before kill {round_no}")
-        delay = round(chaos_random.rng.uniform(*KILL_DELAY_S), 3)
-        time.sleep(delay)
-        holders = live_claims(job_ids, besides=dead_holders)
-        while not holders:  # finished during the delay, or just now: strike the next claim
-            await_claim(f"a batch to strike for kill {round_no}")
+        struck: dict[str, uuid.UUID] = {}
+        attempt = 0
+        while not struck:  # a kill that comes just after its batch finished strikes nothing, and is made again
+            attempt += 1
+            await_claim(f"a live worker to claim a batch before kill {round_no}")
+            delay = round(chaos_random.rng.uniform(*KILL_DELAY_S), 3)
+            time.sleep(delay)
             holders = live_claims(job_ids, besides=dead_holders)
-        if target is KillTarget.POOL_CHILD:
-            victim = chaos_random.rng.choice(sorted(holders))
-            os.kill(holder_pid(victim), signal.SIGKILL)  # the Celery parent forks a new child itself
-            struck = {victim: holders[victim]}
-        else:
-            workers[-1].kill_group(signal.SIGKILL)
-            # No worker lives now: every live-looking claim is a dead one's, also one taken just before the kill.
-            struck = live_claims(job_ids, besides=dead_holders)
-            workers.append(start_chaos_worker(chaos_worker_env, logs / f"worker-{round_no}.log", name=f"k{round_no}"))
-            processes.append(workers[-1])
+            while not holders:  # finished during the delay, or just now: strike the next claim
+                await_claim(f"a batch to strike for kill {round_no}")
+                holders = live_claims(job_ids, besides=dead_holders)
+            if target is KillTarget.POOL_CHILD:
+                victim = chaos_random.rng.choice(sorted(holders))
+                os.kill(holder_pid(victim), signal.SIGKILL)  # the Celery parent forks a new child itself
+                struck = {victim: holders[victim]}
+            else:
+                workers[-1].kill_group(signal.SIGKILL)
+                # No worker lives now: every live-looking claim is a dead one's, also one taken just before the kill.
+                struck = live_claims(job_ids, besides=dead_holders)
+                suffix = f"{round_no}" if attempt == 1 else f"{round_no}-{attempt}"
+                workers.append(start_chaos_worker(chaos_worker_env, logs / f"worker-{suffix}.log", name=f"k{suffix}"))
+                processes.append(workers[-1])
+                if not struck:
+                    print(f"kill {round_no} ({target}) came after its batch had finished; killing again")
         dead_holders |= set(struck)
         kills.append(Kill(target, delay, sorted(str(batch_id) for batch_id in struck.values())))
         print(f"kill {round_no} ({target}) after {delay}s: struck {len(struck)}, {batches_done(job_ids)} done")
