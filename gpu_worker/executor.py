@@ -523,9 +523,9 @@ def _preparers(active: Mapping[str, Analyzer], names: Sequence[str]) -> dict[str
 def _classifier_inputs(analyzer: Analyzer, frames: Sequence[Frame]) -> contextlib.AbstractContextManager[None]:
     """For CLIP, its classifier's inputs prepared ahead for ``frames`` (see ``_preparers``); otherwise nothing."""
     classifier = _clip_classifier(analyzer)
-    ready = {id(f.image): f.prepared[CLIP_CLASSIFIER_KEY] for f in frames if CLIP_CLASSIFIER_KEY in f.prepared}
-    if classifier is None or not ready:
+    if classifier is None:
         return contextlib.nullcontext()
+    ready = {id(f.image): f.prepared[CLIP_CLASSIFIER_KEY] for f in frames if CLIP_CLASSIFIER_KEY in f.prepared}
     return classifier.prepared_inputs(ready)
 
 
